@@ -1,0 +1,266 @@
+//! What a running child sees of its supervisor.
+
+use std::any::Any;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tracing::Instrument;
+
+use super::core::Msg;
+use super::handle::Tree;
+use super::spec::MessageType;
+use super::{ExitReason, SupervisorHandle};
+
+/// A child's view of its supervisor, for one run of the child.
+///
+/// Through it the child says when it is ready, learns that it should stop or reload, receives
+/// messages, and spawns tasks that are stopped with it. It is cheap to clone.
+#[derive(Clone)]
+pub struct Context {
+    inner: Arc<Run>,
+}
+
+/// One run (incarnation) of a child.
+pub(crate) struct Run {
+    pub(crate) slot: Arc<SlotShared>,
+    pub(crate) key: usize,
+    pub(crate) generation: u64,
+    pub(crate) token: CancellationToken,
+    ready_sent: AtomicBool,
+    supervisor: SupervisorHandle,
+    spawned: Mutex<Option<JoinSet<()>>>,
+}
+
+/// What outlives one run of a child: its identity, reload requests and mailbox.
+pub(crate) struct SlotShared {
+    pub(crate) name: Arc<str>,
+    pub(crate) path: Arc<str>,
+    pub(crate) reload: Notify,
+    pub(crate) mailbox: Option<Mailbox>,
+    /// The handle of the supervisor this child runs, when it is one and is running.
+    pub(crate) nested: Mutex<Option<SupervisorHandle>>,
+}
+
+/// A child's queue of messages; it survives restarts.
+pub(crate) struct Mailbox {
+    pub(crate) accepts: MessageType,
+    pub(crate) sender: mpsc::UnboundedSender<Box<dyn Any + Send>>,
+    receiver: AsyncMutex<mpsc::UnboundedReceiver<Box<dyn Any + Send>>>,
+}
+
+impl Mailbox {
+    pub(crate) fn new(accepts: MessageType) -> Self {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        Self {
+            accepts,
+            sender,
+            receiver: AsyncMutex::new(receiver),
+        }
+    }
+
+    /// Messages still waiting, when no run is reading them.
+    pub(crate) fn unread(&self) -> usize {
+        self.receiver.try_lock().map(|rx| rx.len()).unwrap_or(0)
+    }
+}
+
+impl SlotShared {
+    pub(crate) fn new(name: Arc<str>, path: Arc<str>, accepts: Option<MessageType>) -> Self {
+        Self {
+            name,
+            path,
+            reload: Notify::new(),
+            mailbox: accepts.map(Mailbox::new),
+            nested: Mutex::new(None),
+        }
+    }
+}
+
+impl Run {
+    pub(crate) fn new(
+        slot: Arc<SlotShared>,
+        key: usize,
+        generation: u64,
+        token: CancellationToken,
+        supervisor: SupervisorHandle,
+    ) -> Self {
+        Self {
+            slot,
+            key,
+            generation,
+            token,
+            ready_sent: AtomicBool::new(false),
+            supervisor,
+            spawned: Mutex::new(None),
+        }
+    }
+
+    /// Waits for the tasks this run spawned, including any they spawn while being drained.
+    pub(crate) async fn drain_spawned(&self) {
+        loop {
+            let Some(mut set) = lock(&self.spawned).take() else {
+                return;
+            };
+            while let Some(joined) = set.join_next().await {
+                if let Err(err) = joined
+                    && err.is_panic()
+                {
+                    let message = super::core::panic_message(err.into_panic());
+                    tracing::error!(path = %self.slot.path, "task spawned by child panicked: {message}");
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Context {
+    pub(crate) fn new(run: Run) -> Self {
+        Self {
+            inner: Arc::new(run),
+        }
+    }
+
+    pub(crate) fn run(&self) -> &Run {
+        &self.inner
+    }
+
+    /// The child's name within its supervisor.
+    pub fn name(&self) -> &str {
+        &self.inner.slot.name
+    }
+
+    /// The child's path from the root of the tree, such as `root/db/pool`.
+    pub fn path(&self) -> &str {
+        &self.inner.slot.path
+    }
+
+    /// Tells the supervisor that the child can serve. Only the first call counts.
+    ///
+    /// Children whose spec says [`reports_ready`](crate::ChildSpec::reports_ready) must call it;
+    /// for others it changes nothing.
+    pub fn ready(&self) {
+        if !self.inner.ready_sent.swap(true, Ordering::AcqRel) {
+            self.inner.supervisor.notify(Msg::Ready {
+                key: self.inner.key,
+                generation: self.inner.generation,
+            });
+        }
+    }
+
+    /// Completes when the supervisor asks this child to stop. Cancel-safe.
+    pub fn shutdown_requested(&self) -> WaitForCancellationFuture<'_> {
+        self.inner.token.cancelled()
+    }
+
+    /// Whether the supervisor has asked this child to stop.
+    pub fn is_shutdown_requested(&self) -> bool {
+        self.inner.token.is_cancelled()
+    }
+
+    /// A token cancelled when this child should stop, to hand to code that takes one.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.token.clone()
+    }
+
+    /// Completes when a reload was requested since the last time it completed.
+    ///
+    /// Requests coalesce: several reloads before the child looks count as one, but none is lost,
+    /// even one requested while the child was restarting. Only one waiter per child is woken.
+    pub async fn reload_requested(&self) {
+        self.inner.slot.reload.notified().await;
+    }
+
+    /// Receives the next message sent to this child with
+    /// [`SupervisorHandle::send`](crate::SupervisorHandle::send). Cancel-safe.
+    ///
+    /// Returns `None` only when the child has been removed from its supervisor.
+    ///
+    /// # Panics
+    ///
+    /// If the child's spec did not declare `M` with [`ChildSpec::messages`](crate::ChildSpec::messages):
+    /// that is a bug in the program, and like any panic in a child it is reported as the
+    /// child's failure.
+    pub async fn recv<M: Send + 'static>(&self) -> Option<M> {
+        let expected = super::spec::MessageType::of::<M>();
+        let mailbox = match &self.inner.slot.mailbox {
+            Some(mailbox) if mailbox.accepts == expected => mailbox,
+            Some(mailbox) => panic!(
+                "child {} accepts messages of type {}, not {}",
+                self.path(),
+                mailbox.accepts.name,
+                expected.name
+            ),
+            None => panic!(
+                "child {} declares no message type (ChildSpec::messages)",
+                self.path()
+            ),
+        };
+        let message = mailbox.receiver.lock().await.recv().await?;
+        Some(*message.downcast::<M>().expect("send checks the type"))
+    }
+
+    /// Spawns a task that belongs to this child: when the child's function returns, the child's
+    /// shutdown token is cancelled and the supervisor waits for these tasks, within the child's
+    /// grace period, before it counts the child as stopped; an abort aborts them too.
+    ///
+    /// A panic in such a task is logged with the child's path; it does not fail the child.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let span = tracing::debug_span!("task", path = %self.inner.slot.path);
+        let mut spawned = lock(&self.inner.spawned);
+        let set = spawned.get_or_insert_with(JoinSet::new);
+        // Reap what has already finished, so a long-lived child's set does not grow.
+        while set.try_join_next().is_some() {}
+        set.spawn(task.instrument(span));
+    }
+
+    /// A handle to the supervisor this child runs under, to add siblings, reload or stop it.
+    pub fn supervisor(&self) -> &SupervisorHandle {
+        &self.inner.supervisor
+    }
+
+    pub(crate) fn tree(&self) -> &Arc<Tree> {
+        self.inner.supervisor.tree()
+    }
+
+    pub(crate) fn set_nested(&self, handle: Option<SupervisorHandle>) {
+        *lock(&self.inner.slot.nested) = handle;
+    }
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("path", &self.path())
+            .field("generation", &self.inner.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads a nested supervisor's current handle out of a slot.
+pub(crate) fn nested_handle(slot: &SlotShared) -> Option<SupervisorHandle> {
+    lock(&slot.nested).clone()
+}
+
+/// How the outcome of a child's function maps to its exit reason.
+pub(crate) fn exit_reason(
+    outcome: Result<super::ChildResult, Box<dyn Any + Send>>,
+    asked_to_stop: bool,
+) -> ExitReason {
+    match outcome {
+        Ok(Ok(())) if asked_to_stop => ExitReason::Shutdown,
+        Ok(Ok(())) => ExitReason::Normal,
+        Ok(Err(err)) => ExitReason::failed(super::error::chain(&*err)),
+        Err(payload) => ExitReason::Panicked(super::core::panic_message(payload).into()),
+    }
+}

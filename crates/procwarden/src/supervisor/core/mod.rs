@@ -1,0 +1,1097 @@
+//! The supervisor's event loop.
+//!
+//! One task owns all of a supervisor's state and reacts to messages: child runs report that they
+//! are ready or have exited, handles ask for changes, and timers fire. Nothing polls, and each
+//! event touches only the child it is about (the start order lives in ordered sets, so finding
+//! the next child to start or stop is logarithmic, never a scan).
+
+mod slot;
+mod timer;
+
+use std::any::Any;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::mem;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use slab::Slab;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use self::slot::{After, Live, Reply, Slot, State};
+use self::timer::{Kind, Timer, Timers};
+use super::context::{Run, SlotShared, exit_reason, nested_handle};
+use super::intensity::RestartLog;
+use super::spec::{MessageType, RunFn};
+use super::supervisor::Definition;
+use super::{
+    ChildSpec, ChildState, ChildStatus, Context, EventKind, ExitReason, Restart, Shutdown,
+    Strategy, SupervisorError, SupervisorHandle, name,
+};
+
+/// Everything a supervisor's loop reacts to.
+pub(crate) enum Msg {
+    Ready {
+        key: usize,
+        generation: u64,
+    },
+    Exited {
+        key: usize,
+        generation: u64,
+        reason: ExitReason,
+    },
+    Add {
+        spec: ChildSpec,
+        reply: Reply<()>,
+    },
+    Remove {
+        name: String,
+        reply: Reply<ExitReason>,
+    },
+    Restart {
+        name: String,
+        reply: Reply<()>,
+    },
+    Reload,
+    Deliver {
+        name: String,
+        message: Box<dyn Any + Send>,
+        kind: MessageType,
+        reply: Reply<()>,
+    },
+    Nested {
+        name: String,
+        reply: Reply<SupervisorHandle>,
+    },
+    Status {
+        reply: Reply<StatusReport>,
+    },
+    Shutdown,
+    Abort,
+}
+
+/// A supervisor's answer to a status request: itself, and its children with the handles of
+/// those that are running supervisors, for the caller to ask in turn.
+pub(crate) struct StatusReport {
+    pub(crate) own: ChildStatus,
+    pub(crate) children: Vec<SlotReport>,
+}
+
+pub(crate) struct SlotReport {
+    pub(crate) status: ChildStatus,
+    pub(crate) nested: Option<SupervisorHandle>,
+}
+
+/// The children being restarted together under `OneForAll` or `RestForOne`.
+struct Group {
+    members: BTreeSet<(u64, usize)>,
+    /// The child whose failure caused it; its backoff sets the delay.
+    cause: usize,
+}
+
+pub(crate) struct Core {
+    definition: Arc<Definition>,
+    handle: SupervisorHandle,
+    receiver: mpsc::UnboundedReceiver<Msg>,
+    /// The context this supervisor runs under, when it is nested.
+    parent: Option<Context>,
+    slots: Slab<Slot>,
+    names: HashMap<Arc<str>, usize>,
+    next_seq: u64,
+    next_generation: u64,
+    /// Children waiting to be started, in start order.
+    pending: BTreeSet<(u64, usize)>,
+    /// Children expected to become ready (starting, or waiting out a backoff): no child after
+    /// the first of them starts before it is ready.
+    unready: BTreeSet<(u64, usize)>,
+    timers: Timers,
+    restart_log: RestartLog,
+    group: Option<Group>,
+    /// Children still to be stopped one by one, in start order (the last is stopped first).
+    stop_queue: Vec<(u64, usize)>,
+    /// The child the stop queue is waiting for.
+    stopping_now: Option<usize>,
+    /// Exits decided here rather than reported by a task (aborts), handled before the next wait.
+    exits: VecDeque<(usize, u64, ExitReason)>,
+    /// Parent of every run's token, so that a pool is told to stop with one cancellation.
+    children_token: CancellationToken,
+    /// Set once shutting down, with the result to return.
+    outcome: Option<Result<(), SupervisorError>>,
+    /// Children not stopped for good.
+    active: usize,
+    /// Children with a task.
+    live: usize,
+    started: Instant,
+    /// Whether the supervisor has yet to report itself ready.
+    announce: bool,
+    /// Whether anyone listens for events, read once per batch of messages.
+    observed: bool,
+}
+
+impl Core {
+    pub(crate) fn new(
+        definition: Arc<Definition>,
+        handle: SupervisorHandle,
+        receiver: mpsc::UnboundedReceiver<Msg>,
+        parent: Option<Context>,
+    ) -> Self {
+        let restart_log = RestartLog::new(definition.intensity);
+        Self {
+            definition,
+            handle,
+            receiver,
+            parent,
+            slots: Slab::new(),
+            names: HashMap::new(),
+            next_seq: 0,
+            next_generation: 0,
+            pending: BTreeSet::new(),
+            unready: BTreeSet::new(),
+            timers: Timers::default(),
+            restart_log,
+            group: None,
+            stop_queue: Vec::new(),
+            stopping_now: None,
+            exits: VecDeque::new(),
+            children_token: CancellationToken::new(),
+            outcome: None,
+            active: 0,
+            live: 0,
+            started: Instant::now(),
+            announce: true,
+            observed: false,
+        }
+    }
+
+    fn path(&self) -> &Arc<str> {
+        self.handle.shared_path()
+    }
+
+    fn shutting_down(&self) -> bool {
+        self.outcome.is_some()
+    }
+
+    fn emit(&self, path: &Arc<str>, kind: impl FnOnce() -> EventKind) {
+        if self.observed {
+            self.handle.tree().emit(path, kind);
+        }
+    }
+
+    pub(crate) async fn run(mut self) -> Result<(), SupervisorError> {
+        let span = tracing::info_span!("supervisor", path = %self.handle.path());
+        async move {
+            tracing::debug!("starting");
+            self.observed = self.handle.tree().events.receiver_count() > 0;
+            let initial = self.definition.children.clone();
+            for spec in initial {
+                // Names were checked when the supervisor was built.
+                let key = self.insert(spec).expect("checked by the builder");
+                self.queue_start(key);
+            }
+            self.pump();
+            let outcome = self.event_loop().await;
+            match &outcome {
+                Ok(()) => tracing::debug!("stopped"),
+                Err(err) => tracing::warn!("stopped: {err}"),
+            }
+            outcome
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn event_loop(&mut self) -> Result<(), SupervisorError> {
+        let parent = self.parent.clone();
+        let mut batch = Vec::with_capacity(256);
+        let sleep = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(sleep);
+        let mut armed = None;
+        loop {
+            self.handle_exits();
+            if let Some(outcome) = self.finished() {
+                return outcome;
+            }
+            self.announce_ready();
+            let next = self.timers.next_deadline();
+            if next != armed {
+                if let Some(at) = next {
+                    sleep.as_mut().reset(at);
+                }
+                armed = next;
+            }
+            let stopping = self.shutting_down();
+            tokio::select! {
+                biased;
+                _ = self.receiver.recv_many(&mut batch, 256) => {
+                    self.observed = self.handle.tree().events.receiver_count() > 0;
+                    for msg in batch.drain(..) {
+                        self.handle_msg(msg);
+                    }
+                }
+                () = &mut sleep, if armed.is_some() => {
+                    armed = None;
+                    self.fire_timers();
+                }
+                () = async { parent.as_ref().unwrap().shutdown_requested().await },
+                    if parent.is_some() && !stopping => {
+                    self.begin_shutdown(Ok(()));
+                }
+                () = async { parent.as_ref().unwrap().reload_requested().await },
+                    if parent.is_some() => {
+                    self.reload();
+                }
+            }
+        }
+    }
+
+    fn handle_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::Ready { key, generation } => {
+                if self.is_current(key, generation)
+                    && matches!(self.slots[key].state, State::Starting)
+                {
+                    self.mark_ready(key);
+                    self.pump();
+                }
+            }
+            Msg::Exited {
+                key,
+                generation,
+                reason,
+            } => self.exits.push_back((key, generation, reason)),
+            Msg::Add { spec, reply } => {
+                let _ = reply.send(self.add(spec));
+            }
+            Msg::Remove { name, reply } => self.remove(&name, reply),
+            Msg::Restart { name, reply } => self.restart_on_demand(&name, reply),
+            Msg::Reload => self.reload(),
+            Msg::Deliver {
+                name,
+                message,
+                kind,
+                reply,
+            } => {
+                let _ = reply.send(self.deliver(&name, message, kind));
+            }
+            Msg::Nested { name, reply } => {
+                let _ = reply.send(self.nested(&name));
+            }
+            Msg::Status { reply } => {
+                let _ = reply.send(Ok(self.status()));
+            }
+            Msg::Shutdown => self.begin_shutdown(Ok(())),
+            Msg::Abort => self.abort_all(),
+        }
+    }
+
+    /// Whether `generation` is the current run of the child at `key`, and that run is live.
+    fn is_current(&self, key: usize, generation: u64) -> bool {
+        self.slots
+            .get(key)
+            .is_some_and(|slot| slot.generation == generation && slot.live.is_some())
+    }
+
+    fn next_generation(&mut self) -> u64 {
+        self.next_generation += 1;
+        self.next_generation
+    }
+
+    fn key_of(&self, name: &str) -> Result<usize, SupervisorError> {
+        self.names
+            .get(name)
+            .copied()
+            .ok_or_else(|| SupervisorError::NoSuchChild {
+                path: format!("{}/{name}", self.handle.path()),
+            })
+    }
+
+    // ---- adding, starting, readiness -------------------------------------------------------
+
+    fn insert(&mut self, spec: ChildSpec) -> Result<usize, SupervisorError> {
+        name::validate(&spec.name)?;
+        if self.names.contains_key(&spec.name) {
+            return Err(SupervisorError::DuplicateName {
+                path: format!("{}/{}", self.handle.path(), spec.name),
+            });
+        }
+        let path: Arc<str> = format!("{}/{}", self.handle.path(), spec.name).into();
+        let shared = Arc::new(SlotShared::new(
+            Arc::clone(&spec.name),
+            path,
+            spec.messages,
+        ));
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let name = Arc::clone(&spec.name);
+        let key = self.slots.insert(Slot::new(seq, spec, shared));
+        self.names.insert(name, key);
+        self.active += 1;
+        Ok(key)
+    }
+
+    fn add(&mut self, spec: ChildSpec) -> Result<(), SupervisorError> {
+        if self.shutting_down() {
+            return Err(SupervisorError::Stopping {
+                path: self.handle.path().to_owned(),
+                child: spec.name.to_string(),
+            });
+        }
+        let key = self.insert(spec)?;
+        self.queue_start(key);
+        self.pump();
+        Ok(())
+    }
+
+    /// Puts a child in line to start: at once in a pool, in start order otherwise.
+    fn queue_start(&mut self, key: usize) {
+        let slot = &mut self.slots[key];
+        slot.state = State::Waiting;
+        if self.definition.dynamic {
+            self.start(key);
+        } else {
+            let order = slot.order(key);
+            self.pending.insert(order);
+        }
+    }
+
+    /// Starts waiting children in order, as far as readiness allows.
+    fn pump(&mut self) {
+        while let Some(&(seq, key)) = self.pending.first() {
+            if self.unready.first().is_some_and(|&(first, _)| first < seq) {
+                return;
+            }
+            self.pending.pop_first();
+            self.start(key);
+        }
+    }
+
+    fn start(&mut self, key: usize) {
+        let generation = self.next_generation();
+        let token = self.children_token.child_token();
+        let now = Instant::now();
+        let slot = &mut self.slots[key];
+        slot.generation = generation;
+        slot.since = Some(now);
+        let ctx = Context::new(Run::new(
+            Arc::clone(&slot.shared),
+            key,
+            generation,
+            token.clone(),
+            self.handle.clone(),
+        ));
+        let span = tracing::info_span!("child", path = %slot.shared.path);
+        let task = tokio::spawn(run_child(Arc::clone(&slot.spec.run), ctx).instrument(span));
+        slot.live = Some(Live {
+            abort: task.abort_handle(),
+            token,
+        });
+        self.live += 1;
+        let path = Arc::clone(&slot.shared.path);
+        self.emit(&path, || EventKind::Starting);
+        let slot = &mut self.slots[key];
+        if slot.spec.reports_ready {
+            slot.state = State::Starting;
+            let order = slot.order(key);
+            if let Some(timeout) = slot.spec.start_timeout {
+                self.timers.push(Timer {
+                    at: now + timeout,
+                    key,
+                    generation,
+                    kind: Kind::Start,
+                });
+            }
+            if !self.definition.dynamic {
+                self.unready.insert(order);
+            }
+        } else {
+            self.mark_ready(key);
+        }
+    }
+
+    fn mark_ready(&mut self, key: usize) {
+        let slot = &mut self.slots[key];
+        slot.state = State::Running;
+        let order = slot.order(key);
+        let path = Arc::clone(&slot.shared.path);
+        self.unready.remove(&order);
+        self.emit(&path, || EventKind::Ready);
+    }
+
+    /// A nested supervisor is ready once its first children all are.
+    fn announce_ready(&mut self) {
+        if self.announce
+            && !self.shutting_down()
+            && self.pending.is_empty()
+            && self.unready.is_empty()
+        {
+            self.announce = false;
+            if let Some(parent) = &self.parent {
+                parent.ready();
+            }
+            let path = Arc::clone(self.path());
+            self.emit(&path, || EventKind::Ready);
+        }
+    }
+
+    // ---- exits and restarts ---------------------------------------------------------------
+
+    fn handle_exits(&mut self) {
+        while let Some((key, generation, reason)) = self.exits.pop_front() {
+            if self.is_current(key, generation) {
+                self.child_exited(key, reason);
+            }
+        }
+    }
+
+    fn child_exited(&mut self, key: usize, reason: ExitReason) {
+        let slot = &mut self.slots[key];
+        slot.live = None;
+        let order = slot.order(key);
+        let state = mem::replace(&mut slot.state, State::Waiting);
+        let reason = match &state {
+            State::Stopping(After::Fail(why)) => why.clone(),
+            _ => reason,
+        };
+        slot.last_exit = Some(reason.clone());
+        let path = Arc::clone(&slot.shared.path);
+        self.live -= 1;
+        self.unready.remove(&order);
+        tracing::debug!(%path, "exited: {reason}");
+        self.emit(&path, || EventKind::Exited(reason.clone()));
+        let queued_stop = self.stopping_now == Some(key);
+        if queued_stop {
+            self.stopping_now = None;
+        }
+
+        match state {
+            State::Stopping(After::Remove(reply)) => {
+                self.remove_slot(key);
+                let _ = reply.send(Ok(reason));
+            }
+            State::Stopping(After::Restart(reply)) => {
+                if self.shutting_down() {
+                    self.finish(key);
+                } else {
+                    self.queue_start(key);
+                }
+                let _ = reply.send(Ok(()));
+            }
+            State::Stopping(After::Nothing) if !self.shutting_down() => {
+                // Stopped for a group restart: wait for the rest of the group.
+                self.unready.insert(order);
+            }
+            State::Stopping(After::Nothing) => self.finish(key),
+            State::Stopping(After::Fail(_)) | State::Starting | State::Running => {
+                self.on_exit(key, reason)
+            }
+            State::Waiting | State::Backoff(_) | State::Stopped => {}
+        }
+        if queued_stop {
+            self.advance_stop_queue();
+        }
+        self.pump();
+    }
+
+    /// A child ended by itself (or failed to start): restart it, and maybe its siblings, by policy.
+    fn on_exit(&mut self, key: usize, reason: ExitReason) {
+        let slot = &self.slots[key];
+        if self.shutting_down() || !slot.spec.restart.restarts_after(&reason) {
+            self.finish(key);
+            return;
+        }
+        if !self.restart_log.admit(Instant::now()) {
+            let err = SupervisorError::IntensityExceeded {
+                path: self.handle.path().to_owned(),
+                max_restarts: self.definition.intensity.max_restarts(),
+                period: self.definition.intensity.period(),
+                child: slot.shared.path.to_string(),
+                reason,
+            };
+            let path = Arc::clone(self.path());
+            self.emit(&path, || EventKind::IntensityExceeded);
+            self.finish(key);
+            self.begin_shutdown(Err(err));
+            return;
+        }
+        let seq = slot.seq;
+        match self.definition.strategy {
+            Strategy::OneForOne => {
+                let delay = self.next_delay(key);
+                self.slots[key].restarts += 1;
+                self.delay_start(key, delay);
+            }
+            Strategy::OneForAll => {
+                let members: Vec<usize> = self.slots.iter().map(|(k, _)| k).collect();
+                self.group_restart(key, members);
+            }
+            Strategy::RestForOne => {
+                let members: Vec<usize> = self
+                    .slots
+                    .iter()
+                    .filter(|(_, s)| s.seq >= seq)
+                    .map(|(k, _)| k)
+                    .collect();
+                self.group_restart(key, members);
+            }
+        }
+    }
+
+    /// The backoff before the next restart of a child, which resets once it ran stably.
+    fn next_delay(&mut self, key: usize) -> Duration {
+        let now = Instant::now();
+        let slot = &mut self.slots[key];
+        let stable = slot.spec.backoff.stable_period();
+        if slot
+            .since
+            .is_some_and(|since| now.saturating_duration_since(since) >= stable)
+        {
+            slot.attempt = 0;
+        }
+        let delay = slot.spec.backoff.jittered_delay(slot.attempt);
+        slot.attempt = slot.attempt.saturating_add(1);
+        delay
+    }
+
+    fn delay_start(&mut self, key: usize, delay: Duration) {
+        let path = Arc::clone(&self.slots[key].shared.path);
+        self.emit(&path, || EventKind::Restarting { delay });
+        if delay.is_zero() {
+            self.queue_start(key);
+            return;
+        }
+        let generation = self.next_generation();
+        let at = Instant::now() + delay;
+        let slot = &mut self.slots[key];
+        slot.generation = generation;
+        slot.state = State::Backoff(at);
+        let order = slot.order(key);
+        if !self.definition.dynamic {
+            self.unready.insert(order);
+        }
+        self.timers.push(Timer {
+            at,
+            key,
+            generation,
+            kind: Kind::Backoff,
+        });
+    }
+
+    /// Stops `members` in reverse start order, then starts them again in order. A group already
+    /// under way absorbs the new one.
+    fn group_restart(&mut self, cause: usize, members: Vec<usize>) {
+        let group = self.group.get_or_insert_with(|| Group {
+            members: BTreeSet::new(),
+            cause,
+        });
+        group.cause = cause;
+        for key in members {
+            let slot = &mut self.slots[key];
+            let order = slot.order(key);
+            match slot.state {
+                State::Starting | State::Running => self.stop_queue.push(order),
+                State::Waiting | State::Backoff(_) => {
+                    slot.state = State::Waiting;
+                    self.pending.remove(&order);
+                    self.unready.insert(order);
+                }
+                State::Stopping(_) | State::Stopped => continue,
+            }
+            group.members.insert(order);
+        }
+        self.stop_queue.sort_unstable();
+        self.stop_queue.dedup();
+        self.advance_stop_queue();
+    }
+
+    /// Stops the next child of the stop queue once the previous one has stopped; in a pool,
+    /// all at once.
+    fn advance_stop_queue(&mut self) {
+        while self.stopping_now.is_none() {
+            let Some((seq, key)) = self.stop_queue.pop() else {
+                self.stop_queue_drained();
+                return;
+            };
+            let Some(slot) = self.slots.get(key) else {
+                continue;
+            };
+            if slot.seq == seq && slot.is_up() {
+                if !self.definition.dynamic {
+                    self.stopping_now = Some(key);
+                }
+                self.begin_stop(key, After::Nothing);
+            }
+        }
+    }
+
+    fn stop_queue_drained(&mut self) {
+        if self.shutting_down() {
+            return;
+        }
+        let Some(group) = self.group.take() else {
+            return;
+        };
+        let delay = if self.slots.contains(group.cause) {
+            self.next_delay(group.cause)
+        } else {
+            Duration::ZERO
+        };
+        for (seq, key) in group.members {
+            let Some(slot) = self.slots.get_mut(key) else {
+                continue;
+            };
+            if slot.seq != seq || !matches!(slot.state, State::Waiting) {
+                continue;
+            }
+            if slot.spec.restart == Restart::Temporary {
+                self.finish(key);
+                continue;
+            }
+            slot.restarts += 1;
+            self.delay_start(key, delay);
+        }
+        self.pump();
+    }
+
+    /// Asks a running child to stop, by its shutdown policy.
+    fn begin_stop(&mut self, key: usize, after: After) {
+        let now = Instant::now();
+        let slot = &mut self.slots[key];
+        let Some(live) = &slot.live else { return };
+        slot.state = State::Stopping(after);
+        match slot.spec.shutdown {
+            Shutdown::Brutal => {
+                live.abort.abort();
+                self.exits
+                    .push_back((key, slot.generation, ExitReason::Aborted));
+            }
+            Shutdown::Timeout(grace) => {
+                live.token.cancel();
+                self.timers.push(Timer {
+                    at: now + grace,
+                    key,
+                    generation: slot.generation,
+                    kind: Kind::Stop,
+                });
+            }
+            Shutdown::Infinity => live.token.cancel(),
+        }
+        let path = Arc::clone(&slot.shared.path);
+        self.emit(&path, || EventKind::Stopping);
+    }
+
+    /// A child ended for good: removed when temporary or in a pool, kept as stopped otherwise.
+    fn finish(&mut self, key: usize) {
+        let shutting_down = self.shutting_down();
+        let slot = &mut self.slots[key];
+        let order = slot.order(key);
+        self.pending.remove(&order);
+        self.unready.remove(&order);
+        let removable = self.definition.dynamic || slot.spec.restart == Restart::Temporary;
+        if removable && !shutting_down {
+            self.remove_slot(key);
+        } else if !matches!(slot.state, State::Stopped) {
+            slot.state = State::Stopped;
+            self.active -= 1;
+        }
+    }
+
+    fn remove_slot(&mut self, key: usize) {
+        let slot = self.slots.remove(key);
+        let order = slot.order(key);
+        self.names.remove(&slot.spec.name);
+        self.pending.remove(&order);
+        self.unready.remove(&order);
+        if !matches!(slot.state, State::Stopped) {
+            self.active -= 1;
+        }
+        if let Some(mailbox) = &slot.shared.mailbox {
+            let unread = mailbox.unread();
+            if unread > 0 {
+                tracing::warn!(path = %slot.shared.path, unread, "child removed with unread messages");
+            }
+        }
+        self.emit(&slot.shared.path, || EventKind::Removed);
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(timer) = self.timers.pop_due(now) {
+            if let Kind::Pool(grace) = timer.kind {
+                self.abort_pool_stragglers(grace);
+                continue;
+            }
+            let Some(slot) = self.slots.get(timer.key) else {
+                continue;
+            };
+            if slot.generation != timer.generation {
+                continue;
+            }
+            match (timer.kind, &slot.state) {
+                (Kind::Start, State::Starting) => {
+                    let timeout = slot.spec.start_timeout.unwrap_or_default();
+                    let why = ExitReason::failed(format!("not ready within {timeout:?}"));
+                    tracing::warn!(path = %slot.shared.path, "not ready within {timeout:?}");
+                    self.begin_stop(timer.key, After::Fail(why));
+                }
+                (Kind::Stop, State::Stopping(_)) => self.abort(timer.key),
+                (Kind::Backoff, State::Backoff(_)) => {
+                    let order = slot.order(timer.key);
+                    self.unready.remove(&order);
+                    self.queue_start(timer.key);
+                    self.pump();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Aborts a child past its grace period; its exit is handled before the next wait.
+    fn abort(&mut self, key: usize) {
+        let slot = &self.slots[key];
+        if let Some(live) = &slot.live {
+            tracing::warn!(path = %slot.shared.path, "still running after its grace period: aborting");
+            live.abort.abort();
+            self.exits
+                .push_back((key, slot.generation, ExitReason::Aborted));
+        }
+    }
+
+    fn abort_pool_stragglers(&mut self, grace: Duration) {
+        let stragglers: Vec<usize> = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| {
+                matches!(slot.state, State::Stopping(_))
+                    && slot.spec.shutdown == Shutdown::Timeout(grace)
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in stragglers {
+            self.abort(key);
+        }
+    }
+
+    // ---- shutdown ----------------------------------------------------------------------------
+
+    fn begin_shutdown(&mut self, outcome: Result<(), SupervisorError>) {
+        match &mut self.outcome {
+            Some(existing) => {
+                if existing.is_ok() && outcome.is_err() {
+                    *existing = outcome;
+                }
+                return;
+            }
+            None => self.outcome = Some(outcome),
+        }
+        tracing::debug!("shutting down");
+        let path = Arc::clone(self.path());
+        self.emit(&path, || EventKind::Stopping);
+        self.group = None;
+        self.pending.clear();
+        self.unready.clear();
+        let mut up = Vec::new();
+        for (key, slot) in &mut self.slots {
+            match slot.state {
+                State::Starting | State::Running => up.push((slot.seq, key)),
+                State::Waiting | State::Backoff(_) => {
+                    slot.state = State::Stopped;
+                    self.active -= 1;
+                }
+                State::Stopping(_) | State::Stopped => {}
+            }
+        }
+        if self.definition.dynamic {
+            self.stop_pool(up);
+        } else {
+            up.sort_unstable();
+            self.stop_queue = up;
+            self.advance_stop_queue();
+        }
+    }
+
+    /// Stops every child of a pool at once: one cancellation reaches them all, and one timer per
+    /// distinct grace period covers them.
+    fn stop_pool(&mut self, up: Vec<(u64, usize)>) {
+        let now = Instant::now();
+        let mut graces = Vec::new();
+        for (_, key) in up {
+            let slot = &mut self.slots[key];
+            slot.state = State::Stopping(After::Nothing);
+            match slot.spec.shutdown {
+                Shutdown::Brutal => {
+                    if let Some(live) = &slot.live {
+                        live.abort.abort();
+                    }
+                    self.exits
+                        .push_back((key, slot.generation, ExitReason::Aborted));
+                }
+                Shutdown::Timeout(grace) if !graces.contains(&grace) => graces.push(grace),
+                Shutdown::Timeout(_) | Shutdown::Infinity => {}
+            }
+        }
+        for grace in graces {
+            self.timers.push(Timer {
+                at: now + grace,
+                key: usize::MAX,
+                generation: 0,
+                kind: Kind::Pool(grace),
+            });
+        }
+        self.children_token.cancel();
+    }
+
+    fn abort_all(&mut self) {
+        tracing::warn!("aborting all children");
+        for (_, slot) in &mut self.slots {
+            if let Some(live) = slot.live.take() {
+                live.abort.abort();
+                slot.last_exit = Some(ExitReason::Aborted);
+            }
+            slot.state = State::Stopped;
+        }
+        self.live = 0;
+        self.active = 0;
+        self.stop_queue.clear();
+        self.stopping_now = None;
+        self.exits.clear();
+        self.outcome = Some(Err(SupervisorError::Aborted {
+            path: self.handle.path().to_owned(),
+        }));
+    }
+
+    /// The result to return, once there is nothing left to wait for.
+    fn finished(&mut self) -> Option<Result<(), SupervisorError>> {
+        if self.shutting_down() {
+            if self.live == 0 && self.stopping_now.is_none() {
+                return self.outcome.take();
+            }
+        } else if !self.definition.dynamic && self.active == 0 {
+            return Some(Ok(()));
+        }
+        None
+    }
+
+    // ---- requests from handles ---------------------------------------------------------------
+
+    fn remove(&mut self, name: &str, reply: Reply<ExitReason>) {
+        let key = match self.key_of(name) {
+            Ok(key) => key,
+            Err(err) => {
+                let _ = reply.send(Err(err));
+                return;
+            }
+        };
+        if self.shutting_down() {
+            let _ = reply.send(Err(self.stopping_error(name)));
+            return;
+        }
+        let slot = &mut self.slots[key];
+        match &mut slot.state {
+            State::Starting | State::Running => self.begin_stop(key, After::Remove(reply)),
+            State::Stopping(After::Remove(_)) => {
+                let _ = reply.send(Err(SupervisorError::NoSuchChild {
+                    path: slot.shared.path.to_string(),
+                }));
+            }
+            State::Stopping(after) => {
+                if let After::Restart(earlier) = mem::replace(after, After::Remove(reply)) {
+                    let _ = earlier.send(Err(SupervisorError::NoSuchChild {
+                        path: slot.shared.path.to_string(),
+                    }));
+                }
+            }
+            State::Waiting | State::Backoff(_) | State::Stopped => {
+                let reason = slot.last_exit.clone().unwrap_or(ExitReason::Shutdown);
+                self.remove_slot(key);
+                let _ = reply.send(Ok(reason));
+            }
+        }
+    }
+
+    fn restart_on_demand(&mut self, name: &str, reply: Reply<()>) {
+        let key = match self.key_of(name) {
+            Ok(key) => key,
+            Err(err) => {
+                let _ = reply.send(Err(err));
+                return;
+            }
+        };
+        if self.shutting_down() {
+            let _ = reply.send(Err(self.stopping_error(name)));
+            return;
+        }
+        let slot = &mut self.slots[key];
+        match slot.state {
+            State::Starting | State::Running => self.begin_stop(key, After::Restart(reply)),
+            State::Stopping(After::Remove(_)) => {
+                let _ = reply.send(Err(SupervisorError::NoSuchChild {
+                    path: slot.shared.path.to_string(),
+                }));
+            }
+            // Already on its way down and back up, or queued to start.
+            State::Stopping(_) | State::Waiting => {
+                let _ = reply.send(Ok(()));
+            }
+            State::Backoff(_) | State::Stopped => {
+                if matches!(slot.state, State::Stopped) {
+                    self.active += 1;
+                }
+                let order = slot.order(key);
+                self.unready.remove(&order);
+                self.queue_start(key);
+                self.pump();
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    fn stopping_error(&self, child: &str) -> SupervisorError {
+        SupervisorError::Stopping {
+            path: self.handle.path().to_owned(),
+            child: child.to_owned(),
+        }
+    }
+
+    /// Passes a reload request to every child that runs or will run again. A child restarting
+    /// keeps the request for its next run.
+    fn reload(&mut self) {
+        for (_, slot) in &self.slots {
+            let will_see_it = match slot.state {
+                State::Starting | State::Running | State::Backoff(_) => true,
+                State::Waiting => slot.since.is_some(),
+                State::Stopping(_) | State::Stopped => false,
+            };
+            if will_see_it {
+                slot.shared.reload.notify_one();
+            }
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        name: &str,
+        message: Box<dyn Any + Send>,
+        kind: MessageType,
+    ) -> Result<(), SupervisorError> {
+        let slot = &self.slots[self.key_of(name)?];
+        let path = || slot.shared.path.to_string();
+        let mailbox = match &slot.shared.mailbox {
+            Some(mailbox) if mailbox.accepts == kind => mailbox,
+            other => {
+                return Err(SupervisorError::WrongMessageType {
+                    path: path(),
+                    expected: other.as_ref().map_or("none", |m| m.accepts.name),
+                    got: kind.name,
+                });
+            }
+        };
+        let ended = matches!(
+            slot.state,
+            State::Stopped | State::Stopping(After::Remove(_))
+        ) || (self.shutting_down() && slot.live.is_none());
+        if ended {
+            return Err(SupervisorError::ChildStopped { path: path() });
+        }
+        mailbox
+            .sender
+            .send(message)
+            .map_err(|_| SupervisorError::ChildStopped { path: path() })
+    }
+
+    fn nested(&self, name: &str) -> Result<SupervisorHandle, SupervisorError> {
+        let slot = &self.slots[self.key_of(name)?];
+        if !slot.spec.is_supervisor {
+            return Err(SupervisorError::NotASupervisor {
+                path: slot.shared.path.to_string(),
+            });
+        }
+        nested_handle(&slot.shared).ok_or_else(|| SupervisorError::NotRunning {
+            path: slot.shared.path.to_string(),
+        })
+    }
+
+    fn status(&self) -> StatusReport {
+        let now = Instant::now();
+        let mut children: Vec<(u64, SlotReport)> = self
+            .slots
+            .iter()
+            .map(|(_, slot)| {
+                let nested = slot
+                    .live
+                    .as_ref()
+                    .filter(|_| slot.spec.is_supervisor)
+                    .and_then(|_| nested_handle(&slot.shared));
+                let report = SlotReport {
+                    status: slot.status(now),
+                    nested,
+                };
+                (slot.seq, report)
+            })
+            .collect();
+        children.sort_unstable_by_key(|(seq, _)| *seq);
+        let own = ChildStatus {
+            name: Arc::clone(&self.definition.name),
+            path: Arc::clone(self.path()),
+            state: if self.shutting_down() {
+                ChildState::Stopping
+            } else {
+                ChildState::Running
+            },
+            restarts: 0,
+            uptime: Some(now.saturating_duration_since(self.started)),
+            last_exit: None,
+            children: Vec::new(),
+        };
+        StatusReport {
+            own,
+            children: children.into_iter().map(|(_, report)| report).collect(),
+        }
+    }
+}
+
+impl Drop for Core {
+    /// A supervisor that is itself aborted (or whose runtime shuts down) takes its children with
+    /// it rather than leaving them orphaned.
+    fn drop(&mut self) {
+        for (_, slot) in &self.slots {
+            if let Some(live) = &slot.live {
+                live.abort.abort();
+            }
+        }
+        self.children_token.cancel();
+    }
+}
+
+/// One run of a child: its function, contained, then the tasks it spawned, then the report.
+async fn run_child(run: RunFn, ctx: Context) {
+    let outcome = AssertUnwindSafe(async { run(ctx.clone()).await })
+        .catch_unwind()
+        .await;
+    let state = ctx.run();
+    let reason = exit_reason(outcome, state.token.is_cancelled());
+    if let ExitReason::Failed(_) | ExitReason::Panicked(_) = &reason {
+        tracing::warn!("{reason}");
+    }
+    state.token.cancel();
+    state.drain_spawned().await;
+    ctx.supervisor().notify(Msg::Exited {
+        key: state.key,
+        generation: state.generation,
+        reason,
+    });
+}
+
+/// The text of a panic's payload.
+pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(text) => *text,
+        Err(payload) => match payload.downcast::<&'static str>() {
+            Ok(text) => (*text).to_owned(),
+            Err(_) => "a panic with a non-string payload".to_owned(),
+        },
+    }
+}

@@ -1,0 +1,110 @@
+//! One child's place in its supervisor.
+
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::super::context::SlotShared;
+use super::super::{ChildSpec, ChildState, ChildStatus, ExitReason, SupervisorError};
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, SupervisorError>>;
+
+/// A child as its supervisor keeps it, across its runs.
+pub(super) struct Slot {
+    /// Position in the start order; never reused.
+    pub(super) seq: u64,
+    pub(super) spec: ChildSpec,
+    pub(super) shared: Arc<SlotShared>,
+    pub(super) state: State,
+    /// Identifies the current run, or the current backoff; messages and timers that carry an
+    /// older one are stale.
+    pub(super) generation: u64,
+    pub(super) live: Option<Live>,
+    pub(super) restarts: u32,
+    /// Consecutive restarts since the child last ran stably; drives the backoff.
+    pub(super) attempt: u32,
+    pub(super) since: Option<Instant>,
+    pub(super) last_exit: Option<ExitReason>,
+}
+
+/// The task of a run in progress.
+pub(super) struct Live {
+    pub(super) abort: AbortHandle,
+    pub(super) token: CancellationToken,
+}
+
+pub(super) enum State {
+    /// Not running; in the start queue, or waiting for its group restart.
+    Waiting,
+    Starting,
+    Running,
+    Stopping(After),
+    Backoff(Instant),
+    /// Ended for good.
+    Stopped,
+}
+
+/// What to do once a child that is being stopped has stopped.
+pub(super) enum After {
+    /// Nothing more: a shutdown or a group restart decides.
+    Nothing,
+    Remove(Reply<ExitReason>),
+    Restart(Reply<()>),
+    /// It did not become ready in time: it failed to start, for this reason.
+    Fail(ExitReason),
+}
+
+impl Slot {
+    pub(super) fn new(seq: u64, spec: ChildSpec, shared: Arc<SlotShared>) -> Self {
+        Self {
+            seq,
+            spec,
+            shared,
+            state: State::Waiting,
+            generation: 0,
+            live: None,
+            restarts: 0,
+            attempt: 0,
+            since: None,
+            last_exit: None,
+        }
+    }
+
+    pub(super) fn order(&self, key: usize) -> (u64, usize) {
+        (self.seq, key)
+    }
+
+    pub(super) fn is_up(&self) -> bool {
+        matches!(self.state, State::Starting | State::Running)
+    }
+
+    pub(super) fn status(&self, now: Instant) -> ChildStatus {
+        let state = match self.state {
+            State::Waiting => ChildState::Waiting,
+            State::Starting => ChildState::Starting,
+            State::Running => ChildState::Running,
+            State::Stopping(_) => ChildState::Stopping,
+            State::Backoff(until) => ChildState::Restarting { until },
+            State::Stopped if self.last_exit.as_ref().is_some_and(ExitReason::is_failure) => {
+                ChildState::Failed
+            }
+            State::Stopped => ChildState::Stopped,
+        };
+        ChildStatus {
+            name: Arc::clone(&self.shared.name),
+            path: Arc::clone(&self.shared.path),
+            state,
+            restarts: self.restarts,
+            uptime: self
+                .live
+                .as_ref()
+                .and(self.since)
+                .map(|since| now.saturating_duration_since(since)),
+            last_exit: self.last_exit.clone(),
+            children: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Controlling a running supervisor from anywhere.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::core::{Msg, SlotReport};
+use super::spec::MessageType;
+use super::{ChildSpec, ChildStatus, Event, ExitReason, Subscription, SupervisorError};
+
+/// What all supervisors of one tree share.
+#[derive(Debug)]
+pub(crate) struct Tree {
+    pub(crate) events: broadcast::Sender<Event>,
+}
+
+impl Tree {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            events: broadcast::Sender::new(1024),
+        })
+    }
+
+    pub(crate) fn emit(&self, path: &Arc<str>, kind: impl FnOnce() -> super::EventKind) {
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(Event {
+                path: Arc::clone(path),
+                kind: kind(),
+            });
+        }
+    }
+}
+
+/// A handle to a supervisor: add, remove and restart children, reload, send messages, read the
+/// status, subscribe to events, stop.
+///
+/// Cheap to clone and usable from any task. Calls made before the supervisor starts running wait
+/// in its queue and are handled once it does; calls made after it returned fail with
+/// [`SupervisorError::NotRunning`].
+#[derive(Clone, Debug)]
+pub struct SupervisorHandle {
+    sender: mpsc::UnboundedSender<Msg>,
+    path: Arc<str>,
+    tree: Arc<Tree>,
+}
+
+impl SupervisorHandle {
+    pub(crate) fn new(sender: mpsc::UnboundedSender<Msg>, path: Arc<str>, tree: Arc<Tree>) -> Self {
+        Self { sender, path, tree }
+    }
+
+    /// The supervisor's path from the root of its tree.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub(crate) fn shared_path(&self) -> &Arc<str> {
+        &self.path
+    }
+
+    pub(crate) fn tree(&self) -> &Arc<Tree> {
+        &self.tree
+    }
+
+    /// Sends without waiting; a supervisor that is gone needs no notice.
+    pub(crate) fn notify(&self, msg: Msg) {
+        let _ = self.sender.send(msg);
+    }
+
+    async fn ask<T>(
+        &self,
+        msg: impl FnOnce(oneshot::Sender<Result<T, SupervisorError>>) -> Msg,
+    ) -> Result<T, SupervisorError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender.send(msg(reply)).map_err(|_| self.gone())?;
+        answer.await.map_err(|_| self.gone())?
+    }
+
+    fn gone(&self) -> SupervisorError {
+        SupervisorError::NotRunning {
+            path: self.path.to_string(),
+        }
+    }
+
+    /// Adds a child at the end of the start order and starts it (after the children before it
+    /// are ready). Resolves once the child is accepted.
+    ///
+    /// Refused with [`SupervisorError::Stopping`] while the supervisor stops, and with
+    /// [`SupervisorError::DuplicateName`] or [`SupervisorError::InvalidName`] for a bad name.
+    pub async fn add(&self, spec: ChildSpec) -> Result<(), SupervisorError> {
+        self.ask(|reply| Msg::Add { spec, reply }).await
+    }
+
+    /// Stops the child gracefully, removes it, and returns why its last run ended.
+    pub async fn remove(&self, name: &str) -> Result<ExitReason, SupervisorError> {
+        let name = name.to_owned();
+        self.ask(|reply| Msg::Remove { name, reply }).await
+    }
+
+    /// Stops the child gracefully and starts it again at once: no backoff, and it does not count
+    /// toward the restart intensity. A stopped child is simply started.
+    pub async fn restart(&self, name: &str) -> Result<(), SupervisorError> {
+        let name = name.to_owned();
+        self.ask(|reply| Msg::Restart { name, reply }).await
+    }
+
+    /// Asks every running child of the tree below this supervisor to reload
+    /// ([`Context::reload_requested`](crate::Context::reload_requested)). Never waits; requests
+    /// coalesce but are never lost, even for a child that is restarting.
+    pub fn reload(&self) -> Result<(), SupervisorError> {
+        self.sender.send(Msg::Reload).map_err(|_| self.gone())
+    }
+
+    /// Asks the supervisor to stop all its children gracefully, in reverse start order, and
+    /// return. Never waits; see [`closed`](Self::closed).
+    pub fn shutdown(&self) {
+        self.notify(Msg::Shutdown);
+    }
+
+    /// Aborts every child's task at once and makes the supervisor return
+    /// [`SupervisorError::Aborted`].
+    pub fn abort(&self) {
+        self.notify(Msg::Abort);
+    }
+
+    /// Completes once the supervisor has returned.
+    pub async fn closed(&self) {
+        self.sender.closed().await;
+    }
+
+    /// Delivers `message` to the child at `path`, relative to this supervisor (`"db/pool"`) or
+    /// from the root (`"root/db/pool"`).
+    ///
+    /// The child must have declared `M` with [`ChildSpec::messages`]. The message goes into the
+    /// child's mailbox, which survives restarts: a child that is restarting receives it once it
+    /// runs again. A child that has stopped for good refuses it with
+    /// [`SupervisorError::ChildStopped`].
+    pub async fn send<M: Send + 'static>(&self, path: &str, message: M) -> Result<(), SupervisorError> {
+        let (target, name) = self.resolve_parent(path).await?;
+        let message: Box<dyn Any + Send> = Box::new(message);
+        target
+            .ask(|reply| Msg::Deliver {
+                name,
+                message,
+                kind: MessageType::of::<M>(),
+                reply,
+            })
+            .await
+    }
+
+    /// The status of this supervisor and, recursively, of all its children.
+    pub async fn status(&self) -> Result<ChildStatus, SupervisorError> {
+        let report = self.ask(|reply| Msg::Status { reply }).await?;
+        let mut node = report.own;
+        node.children = Vec::with_capacity(report.children.len());
+        for child in report.children {
+            node.children.push(child.into_status().await);
+        }
+        Ok(node)
+    }
+
+    /// Streams the lifecycle events of this supervisor's subtree.
+    pub fn subscribe(&self) -> Subscription {
+        Subscription {
+            receiver: self.tree.events.subscribe(),
+            prefix: Arc::clone(&self.path),
+        }
+    }
+
+    /// The handle of the nested supervisor at `path` (relative to this one).
+    pub async fn nested(&self, path: &str) -> Result<SupervisorHandle, SupervisorError> {
+        let mut handle = self.clone();
+        for name in self.relative_segments(path) {
+            let name = name.to_owned();
+            handle = handle.ask(|reply| Msg::Nested { name, reply }).await?;
+        }
+        Ok(handle)
+    }
+
+    /// The supervisor that holds the last segment of `path`, and that segment.
+    async fn resolve_parent(&self, path: &str) -> Result<(SupervisorHandle, String), SupervisorError> {
+        let segments: Vec<&str> = self.relative_segments(path).collect();
+        let Some((last, parents)) = segments.split_last() else {
+            return Err(SupervisorError::NoSuchChild {
+                path: path.to_owned(),
+            });
+        };
+        let target = self.nested(&parents.join("/")).await?;
+        Ok((target, (*last).to_owned()))
+    }
+
+    fn relative_segments<'p>(&self, path: &'p str) -> impl Iterator<Item = &'p str> {
+        let relative = path
+            .strip_prefix(&*self.path)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .unwrap_or(path);
+        relative.split('/').filter(|s| !s.is_empty())
+    }
+}
+
+impl SlotReport {
+    fn into_status(self) -> futures_util::future::BoxFuture<'static, ChildStatus> {
+        Box::pin(async move {
+            let mut status = self.status;
+            if let Some(nested) = self.nested
+                && let Ok(inner) = nested.status().await
+            {
+                status.children = inner.children;
+            }
+            status
+        })
+    }
+}

@@ -1,0 +1,228 @@
+//! What a supervisor needs to know to run one child.
+
+use std::any::{TypeId, type_name};
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+
+use super::{Backoff, Context, Restart, Supervisor};
+
+/// The error type a child may return: anything that converts into a boxed error, as
+/// `anyhow::Error`, `std::io::Error` and `String` do.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What one run of a child returns.
+pub type ChildResult = Result<(), BoxError>;
+
+pub(crate) type RunFn = Arc<dyn Fn(Context) -> BoxFuture<'static, ChildResult> + Send + Sync>;
+
+/// How long a child may take to stop once asked (OTP's `shutdown` child option).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shutdown {
+    /// Abort the child's task at once, without asking it to stop.
+    Brutal,
+    /// Ask the child to stop, wait this long, then abort its task.
+    Timeout(Duration),
+    /// Ask the child to stop and wait for as long as it takes. The default for nested supervisors,
+    /// which always return.
+    Infinity,
+}
+
+impl Default for Shutdown {
+    /// Five seconds, OTP's default for workers.
+    fn default() -> Self {
+        Self::Timeout(Duration::from_secs(5))
+    }
+}
+
+/// A long-running service run as a child: the trait form of [`ChildSpec::new`]'s closure.
+///
+/// ```
+/// use procwarden::{ChildSpec, Context, supervisor::{Service, ChildResult}};
+///
+/// struct Ticker;
+///
+/// impl Service for Ticker {
+///     async fn run(&self, ctx: Context) -> ChildResult {
+///         ctx.shutdown_requested().await;
+///         Ok(())
+///     }
+/// }
+///
+/// let spec = ChildSpec::service("ticker", Ticker);
+/// assert_eq!(spec.name(), "ticker");
+/// ```
+pub trait Service: Send + Sync + 'static {
+    /// Runs the service until it is asked to stop (see [`Context::shutdown_requested`]) or fails.
+    /// Called again for every restart.
+    fn run(&self, ctx: Context) -> impl Future<Output = ChildResult> + Send;
+}
+
+/// The description of one child: its name, how to run it, and the policies that govern it.
+///
+/// ```
+/// use std::time::Duration;
+/// use procwarden::{ChildSpec, Restart};
+///
+/// let spec = ChildSpec::new("worker", |ctx| async move {
+///     ctx.shutdown_requested().await;
+///     Ok::<(), std::io::Error>(())
+/// })
+/// .restart(Restart::Transient)
+/// .shutdown_timeout(Duration::from_secs(2));
+/// assert_eq!(spec.name(), "worker");
+/// ```
+#[derive(Clone)]
+pub struct ChildSpec {
+    pub(crate) name: Arc<str>,
+    pub(crate) run: RunFn,
+    pub(crate) restart: Restart,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) start_timeout: Option<Duration>,
+    pub(crate) reports_ready: bool,
+    pub(crate) backoff: Backoff,
+    pub(crate) messages: Option<MessageType>,
+    pub(crate) is_supervisor: bool,
+}
+
+/// The type of message a child accepts, by id and by name for error messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MessageType {
+    pub(crate) id: TypeId,
+    pub(crate) name: &'static str,
+}
+
+impl MessageType {
+    pub(crate) fn of<M: 'static>() -> Self {
+        Self {
+            id: TypeId::of::<M>(),
+            name: type_name::<M>(),
+        }
+    }
+}
+
+impl ChildSpec {
+    /// A child named `name` that runs `run(ctx)`, again on every restart.
+    ///
+    /// The name must be unique within its supervisor, 1 to 64 bytes of `[A-Za-z0-9._-]`; the
+    /// supervisor checks it when the child is added.
+    pub fn new<F, Fut, E>(name: impl Into<String>, run: F) -> Self
+    where
+        F: Fn(Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        let run: RunFn = Arc::new(move |ctx| {
+            let fut = run(ctx);
+            Box::pin(async move { fut.await.map_err(Into::into) })
+        });
+        Self {
+            name: name.into().into(),
+            run,
+            restart: Restart::default(),
+            shutdown: Shutdown::default(),
+            start_timeout: Some(Duration::from_secs(30)),
+            reports_ready: false,
+            backoff: Backoff::default(),
+            messages: None,
+            is_supervisor: false,
+        }
+    }
+
+    /// A child that runs a [`Service`].
+    pub fn service<S: Service>(name: impl Into<String>, service: S) -> Self {
+        let service = Arc::new(service);
+        Self::new(name, move |ctx| {
+            let service = Arc::clone(&service);
+            async move { service.run(ctx).await }
+        })
+    }
+
+    /// A nested supervisor as a child, so trees nest. It reports ready once all its own children
+    /// are started, waits as long as its children need to stop ([`Shutdown::Infinity`]), and
+    /// fails when its restart intensity is exceeded, which its parent treats like any failure.
+    pub fn supervisor(supervisor: Supervisor) -> Self {
+        let definition = supervisor.into_definition();
+        let name = definition.name.to_string();
+        let mut spec = Self::new(name, move |ctx| {
+            let definition = Arc::clone(&definition);
+            async move { super::Supervisor::run_nested(definition, ctx).await }
+        });
+        spec.shutdown = Shutdown::Infinity;
+        spec.reports_ready = true;
+        spec.start_timeout = None;
+        spec.is_supervisor = true;
+        spec
+    }
+
+    /// The child's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sets when the child is restarted. Default: [`Restart::Permanent`].
+    pub fn restart(mut self, restart: Restart) -> Self {
+        self.restart = restart;
+        self
+    }
+
+    /// Sets how the child is stopped. Default: a 5 s grace period.
+    pub fn shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
+    }
+
+    /// Sets the grace period between asking the child to stop and aborting its task.
+    pub fn shutdown_timeout(self, grace: Duration) -> Self {
+        self.shutdown(Shutdown::Timeout(grace))
+    }
+
+    /// Declares that the child calls [`Context::ready`] once it can serve. Until it does, the
+    /// supervisor starts none of the children after it; if it has not within its start timeout
+    /// (see [`start_timeout`](Self::start_timeout)), it has failed to start.
+    ///
+    /// A child that does not report readiness counts as ready as soon as it is started.
+    pub fn reports_ready(mut self) -> Self {
+        self.reports_ready = true;
+        self
+    }
+
+    /// Sets how long a child that reports readiness may take to become ready (default 30 s);
+    /// `None` waits for ever.
+    pub fn start_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// Sets the delays between restarts. Default: [`Backoff::default`].
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Declares that the child accepts messages of type `M`, sent with
+    /// [`SupervisorHandle::send`](crate::SupervisorHandle::send) and received with
+    /// [`Context::recv`]. The mailbox survives restarts: a message sent while the child restarts
+    /// waits for its next run.
+    pub fn messages<M: Send + 'static>(mut self) -> Self {
+        self.messages = Some(MessageType::of::<M>());
+        self
+    }
+}
+
+impl fmt::Debug for ChildSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChildSpec")
+            .field("name", &self.name)
+            .field("restart", &self.restart)
+            .field("shutdown", &self.shutdown)
+            .field("start_timeout", &self.start_timeout)
+            .field("reports_ready", &self.reports_ready)
+            .field("backoff", &self.backoff)
+            .field("messages", &self.messages.map(|m| m.name))
+            .finish_non_exhaustive()
+    }
+}

@@ -5,8 +5,10 @@
 //! - [`supervisor`]: trees of async services in one process, with Erlang/OTP's restart semantics,
 //!   ordered start, graceful stop that always returns, reload, status and signals.
 //!
-//! Still to come (tracked as open issues): `process` (signal and wait for OS processes without
-//! trusting a bare PID), `shared` (one service shared by many processes, started by the first
+//! - [`process`] (Unix): name, signal, wait for and stop OS processes without trusting a bare
+//!   PID or polling.
+//!
+//! Still to come (tracked as open issues): `shared` (one service shared by many processes, started by the first
 //! user and stopped after the last), `upgrade` (zero-downtime binary replacement) and `scope`
 //! (typed factories of daemons).
 //!
@@ -53,11 +55,15 @@
 //! # Platforms
 //!
 //! Linux is where procwarden is tested. The supervision tree is portable and builds for macOS and
-//! Windows; on Windows, [`Supervisor::run_until_signal`] handles Ctrl-C only (no SIGHUP reload).
+//! Windows; on Windows, [`Supervisor::run_until_signal`] handles Ctrl-C only (no SIGHUP reload),
+//! and the `process` module is not available yet.
 
 #![warn(missing_docs)]
 
+#[cfg(unix)]
+pub mod process;
 pub mod supervisor;
+mod sys;
 
 pub use supervisor::{
     Backoff, ChildSpec, Context, ExitReason, Restart, Strategy, Supervisor, SupervisorError,

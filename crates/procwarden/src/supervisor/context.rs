@@ -31,7 +31,7 @@ pub(crate) struct Run {
     pub(crate) generation: u64,
     pub(crate) token: CancellationToken,
     ready_sent: AtomicBool,
-    supervisor: SupervisorHandle,
+    supervisor: Arc<SupervisorHandle>,
     spawned: Mutex<Option<JoinSet<()>>>,
 }
 
@@ -86,7 +86,7 @@ impl Run {
         key: usize,
         generation: u64,
         token: CancellationToken,
-        supervisor: SupervisorHandle,
+        supervisor: Arc<SupervisorHandle>,
     ) -> Self {
         Self {
             slot,
@@ -118,7 +118,9 @@ impl Run {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Context {

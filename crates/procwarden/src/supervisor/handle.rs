@@ -136,7 +136,11 @@ impl SupervisorHandle {
     /// child's mailbox, which survives restarts: a child that is restarting receives it once it
     /// runs again. A child that has stopped for good refuses it with
     /// [`SupervisorError::ChildStopped`].
-    pub async fn send<M: Send + 'static>(&self, path: &str, message: M) -> Result<(), SupervisorError> {
+    pub async fn send<M: Send + 'static>(
+        &self,
+        path: &str,
+        message: M,
+    ) -> Result<(), SupervisorError> {
         let (target, name) = self.resolve_parent(path).await?;
         let message: Box<dyn Any + Send> = Box::new(message);
         target
@@ -179,7 +183,10 @@ impl SupervisorHandle {
     }
 
     /// The supervisor that holds the last segment of `path`, and that segment.
-    async fn resolve_parent(&self, path: &str) -> Result<(SupervisorHandle, String), SupervisorError> {
+    async fn resolve_parent(
+        &self,
+        path: &str,
+    ) -> Result<(SupervisorHandle, String), SupervisorError> {
         let segments: Vec<&str> = self.relative_segments(path).collect();
         let Some((last, parents)) = segments.split_last() else {
             return Err(SupervisorError::NoSuchChild {

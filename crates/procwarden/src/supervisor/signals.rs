@@ -50,6 +50,8 @@ impl RunOutcome {
 /// What a signal asks of the tree.
 enum Request {
     Stop(i32),
+    /// Only Unix has a reload signal (SIGHUP).
+    #[cfg_attr(not(unix), allow(dead_code))]
     Reload,
 }
 
@@ -174,7 +176,10 @@ impl Supervisor {
     /// }
     /// ```
     pub fn run_blocking(self) -> RunOutcome {
-        match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
             Ok(runtime) => runtime.block_on(self.run_until_signal()),
             Err(source) => RunOutcome::Failed(SupervisorError::Io {
                 context: "building the tokio runtime",

@@ -162,7 +162,11 @@ impl Supervisor {
             Some(channel) => channel.sender.clone(),
             None => mpsc::unbounded_channel().0,
         };
-        SupervisorHandle::new(sender, Arc::clone(&self.definition.name), Arc::clone(&self.tree))
+        SupervisorHandle::new(
+            sender,
+            Arc::clone(&self.definition.name),
+            Arc::clone(&self.tree),
+        )
     }
 
     /// Runs the tree until it is shut down, fails, or all its children have stopped for good.

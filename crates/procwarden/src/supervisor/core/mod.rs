@@ -95,7 +95,7 @@ struct Group {
 
 pub(crate) struct Core {
     definition: Arc<Definition>,
-    handle: SupervisorHandle,
+    handle: Arc<SupervisorHandle>,
     receiver: mpsc::UnboundedReceiver<Msg>,
     /// The context this supervisor runs under, when it is nested.
     parent: Option<Context>,
@@ -142,7 +142,7 @@ impl Core {
         let restart_log = RestartLog::new(definition.intensity);
         Self {
             definition,
-            handle,
+            handle: Arc::new(handle),
             receiver,
             parent,
             slots: Slab::new(),
@@ -319,11 +319,7 @@ impl Core {
             });
         }
         let path: Arc<str> = format!("{}/{}", self.handle.path(), spec.name).into();
-        let shared = Arc::new(SlotShared::new(
-            Arc::clone(&spec.name),
-            path,
-            spec.messages,
-        ));
+        let shared = Arc::new(SlotShared::new(Arc::clone(&spec.name), path, spec.messages));
         let seq = self.next_seq;
         self.next_seq += 1;
         let name = Arc::clone(&spec.name);
@@ -381,7 +377,7 @@ impl Core {
             key,
             generation,
             token.clone(),
-            self.handle.clone(),
+            Arc::clone(&self.handle),
         ));
         let span = tracing::info_span!("child", path = %slot.shared.path);
         let task = tokio::spawn(run_child(Arc::clone(&slot.spec.run), ctx).instrument(span));

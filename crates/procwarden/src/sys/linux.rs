@@ -1,0 +1,118 @@
+//! Linux: `/proc` for a process's identity, pidfds for race-free signals and exit notification.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use super::ProcInfo;
+
+/// Reads `/proc/PID/stat`: the start time (field 22, clock ticks since boot) and the state.
+pub(crate) fn proc_info(pid: i32) -> io::Result<Option<ProcInfo>> {
+    let text = match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(text) => text,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        // The process exited between the directory lookup and the read.
+        Err(err) if err.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error()) => {
+            return Ok(None);
+        }
+        Err(err) => return Err(err),
+    };
+    parse_stat(&text).map(Some).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected format of /proc/{pid}/stat"),
+        )
+    })
+}
+
+/// Parses the fields after the command name, which may itself hold spaces and parentheses.
+fn parse_stat(text: &str) -> Option<ProcInfo> {
+    let after_comm = &text[text.rfind(')')? + 1..];
+    let mut fields = after_comm.split_ascii_whitespace();
+    let state = fields.next()?;
+    // Field 3 is the state; the start time is field 22, the 19th after it.
+    let start_time = fields.nth(18)?.parse().ok()?;
+    Some(ProcInfo {
+        start_time,
+        zombie: matches!(state, "Z" | "X" | "x"),
+    })
+}
+
+/// Opens a pidfd for `pid`; `None` where the kernel has no pidfds (before 5.3).
+pub(crate) fn pidfd(pid: i32) -> io::Result<Option<OwnedFd>> {
+    let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    match pidfd_open(pid, PidfdFlags::NONBLOCK) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(rustix::io::Errno::NOSYS) => Ok(None),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Sends a signal through a pidfd: it can only reach the process the pidfd was opened for.
+pub(crate) fn pidfd_signal(fd: &OwnedFd, raw_signal: i32) -> io::Result<()> {
+    let signal = Signal::from_named_raw(raw_signal)
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    pidfd_send_signal(fd, signal).map_err(io::Error::from)
+}
+
+/// Waits until the process behind the pidfd exits, up to `timeout` (`None`: for ever);
+/// true once it has exited.
+pub(crate) fn pidfd_wait(fd: &OwnedFd, timeout: Option<Duration>) -> io::Result<bool> {
+    let timeout = timeout.map(|t| Timespec {
+        tv_sec: t.as_secs().try_into().unwrap_or(i64::MAX),
+        tv_nsec: t.subsec_nanos().into(),
+    });
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    loop {
+        match poll(&mut fds, timeout.as_ref()) {
+            Ok(ready) => return Ok(ready > 0),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// Whether the process behind the pidfd has exited, without waiting.
+pub(crate) fn pidfd_exited(fd: &OwnedFd) -> io::Result<bool> {
+    pidfd_wait(fd, Some(Duration::ZERO))
+}
+
+/// Completes when the process behind the pidfd exits, woken by the runtime's reactor.
+///
+/// Must run inside a tokio runtime with I/O enabled.
+pub(crate) async fn pidfd_exit(fd: &OwnedFd) -> io::Result<()> {
+    let dup = fd.as_fd().try_clone_to_owned()?;
+    // SAFETY: `dup` is an open descriptor owned by the `AsyncFd` for its whole life: nothing
+    // else closes it, and an `OwnedFd` always returns the same descriptor from `as_raw_fd`.
+    let watch = unsafe { AsyncFd::register_with_interest(dup, Interest::READABLE) }
+        .map_err(|err| err.into_parts().1)?;
+    // A pidfd turns readable once, when its process exits, and stays so.
+    let _guard = watch.readable().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_command_name_with_spaces_and_parentheses() {
+        let stat = "42 (a (b) c) Z 1 42 42 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 1 1";
+        let info = parse_stat(stat).unwrap();
+        assert_eq!(info.start_time, 987654);
+        assert!(info.zombie);
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let info = proc_info(std::process::id() as i32).unwrap().unwrap();
+        assert!(!info.zombie);
+        assert!(info.start_time > 0);
+    }
+}

@@ -6,6 +6,7 @@
 //!   PID reused by a later process is never signalled, and a zombie is not alive.
 //! - [`stop`] sends SIGTERM, waits for the exit (woken by the pidfd on Linux, not a timer), then
 //!   SIGKILL; group variants reach the whole process group a process leads.
+//! - [`Command`] runs an OS process as a supervised child, so restart policies apply to it.
 //!
 //! Available on Unix. Start times are read from `/proc` on Linux and `proc_pidinfo` on macOS;
 //! other Unix systems compile but [`ProcessRef::new`] reports them unsupported for now. Not
@@ -28,6 +29,7 @@
 //! # }).unwrap();
 //! ```
 
+mod command;
 mod error;
 mod pid;
 mod process_ref;
@@ -36,6 +38,7 @@ mod stop;
 
 use std::time::Duration;
 
+pub use command::Command;
 pub use error::ProcessError;
 pub use pid::{Pid, PidError};
 pub use process_ref::ProcessRef;

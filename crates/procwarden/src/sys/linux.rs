@@ -97,6 +97,28 @@ pub(crate) async fn pidfd_exit(fd: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes the kernel send `raw_signal` to the child when the thread that spawned it exits, and
+/// exits the child at once if its parent is already gone by the time it starts.
+pub(crate) fn set_parent_death_signal(command: &mut std::process::Command, raw_signal: i32) {
+    use std::os::unix::process::CommandExt;
+
+    let parent = rustix::process::getpid();
+    let signal = Signal::from_named_raw(raw_signal);
+    // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe
+    // calls are allowed: prctl(PR_SET_PDEATHSIG) and getppid are plain system calls, and it
+    // allocates nothing and takes no lock.
+    unsafe {
+        command.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(signal)?;
+            // The parent may have died before prctl took effect; then nobody will signal us.
+            if rustix::process::getppid() != Some(parent) {
+                return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+            }
+            Ok(())
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -425,11 +425,14 @@ impl Core {
             && self.unready.is_empty()
         {
             self.announce = false;
-            if let Some(parent) = &self.parent {
-                parent.ready();
+            match &self.parent {
+                // The parent reports the nested supervisor's readiness as its child's.
+                Some(parent) => parent.ready(),
+                None => {
+                    let path = Arc::clone(self.path());
+                    self.emit(&path, || EventKind::Ready);
+                }
             }
-            let path = Arc::clone(self.path());
-            self.emit(&path, || EventKind::Ready);
         }
     }
 

@@ -8,8 +8,10 @@
 //! - [`process`] (Unix): name, signal, wait for and stop OS processes without trusting a bare
 //!   PID or polling.
 //!
-//! Still to come (tracked as open issues): `shared` (one service shared by many processes, started by the first
-//! user and stopped after the last), `upgrade` (zero-downtime binary replacement) and `scope`
+//! - [`shared`] (Linux): one service shared by many processes, started by the first user and
+//!   stopped after the last, crashes included.
+//!
+//! Still to come (tracked as open issues): `upgrade` (zero-downtime binary replacement) and `scope`
 //! (typed factories of daemons).
 //!
 //! # A supervised tree
@@ -60,8 +62,11 @@
 
 #![warn(missing_docs)]
 
+mod name;
 #[cfg(unix)]
 pub mod process;
+#[cfg(unix)]
+pub mod shared;
 pub mod supervisor;
 mod sys;
 

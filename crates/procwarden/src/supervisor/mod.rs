@@ -40,14 +40,15 @@ mod status;
 #[allow(clippy::module_inception)]
 mod supervisor;
 
+pub use crate::name::MAX_NAME_LEN;
 pub use backoff::Backoff;
 pub use context::Context;
 pub use error::SupervisorError;
+pub(crate) use error::chain as error_chain;
 pub use event::{Event, EventKind, RecvError, Subscription};
 pub use exit::ExitReason;
 pub use handle::SupervisorHandle;
 pub use intensity::Intensity;
-pub use name::MAX_NAME_LEN;
 pub use restart::{Restart, Strategy};
 pub use signals::RunOutcome;
 pub use spec::{BoxError, ChildResult, ChildSpec, Service, Shutdown};

@@ -32,7 +32,7 @@ pub(crate) fn proc_info(pid: i32) -> io::Result<Option<ProcInfo>> {
 }
 
 /// Parses the fields after the command name, which may itself hold spaces and parentheses.
-fn parse_stat(text: &str) -> Option<ProcInfo> {
+pub(crate) fn parse_stat(text: &str) -> Option<ProcInfo> {
     let after_comm = &text[text.rfind(')')? + 1..];
     let mut fields = after_comm.split_ascii_whitespace();
     let state = fields.next()?;

@@ -7,7 +7,11 @@
 pub(crate) mod unix;
 
 #[cfg(target_os = "linux")]
+pub(crate) mod keeper;
+#[cfg(target_os = "linux")]
 pub(crate) mod linux;
+#[cfg(target_os = "linux")]
+pub(crate) mod sysv;
 
 #[cfg(target_vendor = "apple")]
 pub(crate) mod apple;

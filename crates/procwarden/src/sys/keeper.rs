@@ -1,0 +1,387 @@
+//! The keeper: a small process that stops a shared service once nobody holds it.
+//!
+//! It is forked from the process that creates the service's semaphore set, and then runs only
+//! async-signal-safe system calls (the parent may have had other threads holding locks when it
+//! forked, so the keeper allocates nothing and takes no lock): it blocks until the holder count is
+//! zero, waits out the linger, takes the lifecycle lock, stops the process recorded in the state
+//! file, removes that file and the semaphore set, and exits.
+
+use std::ffi::CStr;
+use std::io;
+use std::time::Duration;
+
+use super::sysv::{NOWAIT, UNDO, op, sem};
+
+/// How long the keeper waits for a service to go after SIGKILL.
+const AFTER_KILL_MS: i32 = 5_000;
+
+/// What the keeper needs, prepared before the fork.
+pub(crate) struct Plan<'a> {
+    pub(crate) set_id: i32,
+    pub(crate) linger: Duration,
+    pub(crate) state_path: &'a CStr,
+}
+
+/// Starts a keeper for the set, detached (its own session, reparented to init), and returns once
+/// it is on its way. It exits by itself if another keeper already watches the set.
+pub(crate) fn spawn(plan: &Plan<'_>) -> io::Result<()> {
+    let linger = libc::timespec {
+        tv_sec: plan.linger.as_secs() as libc::time_t,
+        tv_nsec: plan.linger.subsec_nanos() as libc::c_long,
+    };
+    let set_id = plan.set_id;
+    let path = plan.state_path.as_ptr();
+    // SAFETY: after fork the child runs only async-signal-safe calls (setsid, fork, _exit and, in
+    // `keeper_main`, raw system calls on stack memory and on `path`, which stays valid because
+    // the child's copy of the address space holds it unchanged).
+    let child = unsafe { libc::fork() };
+    match child {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            // SAFETY: async-signal-safe calls only, as above.
+            unsafe {
+                libc::setsid();
+                if libc::fork() == 0 {
+                    keeper_main(set_id, linger, path);
+                }
+                libc::_exit(0)
+            }
+        }
+        intermediate => {
+            let mut status = 0;
+            loop {
+                // SAFETY: waits for our own child, writing its status to a local.
+                let reaped = unsafe { libc::waitpid(intermediate, &mut status, 0) };
+                if reaped >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+fn errno() -> i32 {
+    // SAFETY: reads this thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+/// How a blocking semaphore wait ended.
+#[derive(PartialEq, Eq)]
+enum Wait {
+    Done,
+    TimedOut,
+    /// The set is gone (or never was ours): the keeper's work is over.
+    Gone,
+}
+
+fn wait(id: i32, ops: &mut [libc::sembuf], timeout: Option<&libc::timespec>) -> Wait {
+    loop {
+        let timeout = timeout.map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: semtimedop with a valid array of `ops.len()` sembufs and a valid (or null)
+        // timespec; both live on this stack for the call.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_semtimedop,
+                id,
+                ops.as_mut_ptr(),
+                ops.len(),
+                timeout,
+            )
+        };
+        if result == 0 {
+            return Wait::Done;
+        }
+        match errno() {
+            libc::EINTR => continue,
+            libc::EAGAIN => return Wait::TimedOut,
+            _ => return Wait::Gone,
+        }
+    }
+}
+
+fn exit() -> ! {
+    // SAFETY: ends the process without running anything of the parent's.
+    unsafe { libc::_exit(0) }
+}
+
+fn keeper_main(id: i32, linger: libc::timespec, state_path: *const libc::c_char) -> ! {
+    detach();
+    // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"pw-keeper".as_ptr()) };
+    if wait(
+        id,
+        &mut [op(sem::KEEPER, 0, NOWAIT), op(sem::KEEPER, 1, UNDO)],
+        None,
+    ) != Wait::Done
+    {
+        exit();
+    }
+    let lingers = linger.tv_sec > 0 || linger.tv_nsec > 0;
+    loop {
+        if wait(id, &mut [op(sem::COUNT, 0, 0)], None) == Wait::Gone {
+            exit();
+        }
+        if lingers {
+            // Wait for the count to become non-zero again, up to the linger.
+            match wait(
+                id,
+                &mut [op(sem::COUNT, -1, 0), op(sem::COUNT, 1, 0)],
+                Some(&linger),
+            ) {
+                Wait::Done => continue,
+                Wait::Gone => exit(),
+                Wait::TimedOut => {}
+            }
+        }
+        if wait(id, &mut [op(sem::LOCK, 0, 0), op(sem::LOCK, 1, UNDO)], None) != Wait::Done {
+            exit();
+        }
+        // SAFETY: GETVAL takes no pointer.
+        let count = unsafe { libc::semctl(id, sem::COUNT.into(), libc::GETVAL) };
+        if count != 0 {
+            wait(id, &mut [op(sem::LOCK, -1, UNDO)], None);
+            continue;
+        }
+        stop_recorded(state_path);
+        // SAFETY: unlink of a NUL-terminated path; semctl IPC_RMID takes no pointer.
+        unsafe {
+            libc::unlink(state_path);
+            libc::semctl(id, 0, libc::IPC_RMID);
+        }
+        exit();
+    }
+}
+
+/// Points stdin, stdout and stderr at /dev/null, closes every other descriptor (so the keeper
+/// holds no pipe or socket of its parent open), and restores default signal handling.
+fn detach() {
+    // SAFETY: open, dup2, close, close_range, sigaction and sigprocmask are async-signal-safe
+    // and take only stack data and a static NUL-terminated path.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) != 0 {
+            for fd in 3..4096 {
+                libc::close(fd);
+            }
+        }
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        for signal in 1..32 {
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                libc::sigaction(signal, &default, std::ptr::null_mut());
+            }
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
+}
+
+/// The fields of a state file the keeper needs.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Recorded {
+    pub(crate) pid: i32,
+    pub(crate) start_time: u64,
+    pub(crate) stop_signal: i32,
+    pub(crate) stop_timeout_ms: i32,
+    pub(crate) group: bool,
+}
+
+/// Reads `key = value` lines without allocating: the state file's top-level integer and boolean
+/// fields, as its writer lays them out.
+pub(crate) fn parse_recorded(text: &[u8]) -> Option<Recorded> {
+    let mut recorded = Recorded {
+        stop_signal: libc::SIGTERM,
+        stop_timeout_ms: 10_000,
+        ..Recorded::default()
+    };
+    for line in text.split(|&b| b == b'\n') {
+        if line.trim_ascii_start().starts_with(b"[") {
+            // Tables (metadata) follow the top-level fields and may reuse their names.
+            break;
+        }
+        let Some(eq) = line.iter().position(|&b| b == b'=') else {
+            continue;
+        };
+        let key = line[..eq].trim_ascii();
+        let value = line[eq + 1..].trim_ascii();
+        let number = || -> Option<u64> {
+            let text = std::str::from_utf8(value).ok()?;
+            text.parse().ok()
+        };
+        match key {
+            b"pid" => recorded.pid = i32::try_from(number()?).ok()?,
+            b"start_time" => recorded.start_time = number()?,
+            b"stop_signal" => recorded.stop_signal = i32::try_from(number()?).ok()?,
+            b"stop_timeout_ms" => {
+                recorded.stop_timeout_ms = i32::try_from(number()?).unwrap_or(i32::MAX)
+            }
+            b"group" => recorded.group = value == b"true",
+            _ => {}
+        }
+    }
+    (recorded.pid > 0).then_some(recorded)
+}
+
+/// Stops the process the state file records, if it is still the same process.
+fn stop_recorded(state_path: *const libc::c_char) {
+    let mut buffer = [0u8; 4096];
+    let Some(length) = read_file(state_path, &mut buffer) else {
+        return;
+    };
+    let Some(recorded) = parse_recorded(&buffer[..length]) else {
+        return;
+    };
+    // SAFETY: pidfd_open takes integers.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, recorded.pid, 0) } as i32;
+    if pidfd < 0 {
+        return;
+    }
+    if start_time(recorded.pid) != Some(recorded.start_time) {
+        // SAFETY: closes the pidfd we opened.
+        unsafe { libc::close(pidfd) };
+        return;
+    }
+    let send = |signal: i32| {
+        // SAFETY: kill and pidfd_send_signal take integers (and a null siginfo).
+        unsafe {
+            if recorded.group {
+                libc::kill(-recorded.pid, signal);
+            } else {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    pidfd,
+                    signal,
+                    std::ptr::null::<u8>(),
+                    0,
+                );
+            }
+        }
+    };
+    send(recorded.stop_signal);
+    if !exited(pidfd, recorded.stop_timeout_ms) {
+        send(libc::SIGKILL);
+        exited(pidfd, AFTER_KILL_MS);
+    }
+    // SAFETY: as above; the group id stays reserved while members remain, so this reaches only
+    // what the leader left behind.
+    unsafe {
+        if recorded.group {
+            libc::kill(-recorded.pid, libc::SIGKILL);
+        }
+        libc::close(pidfd);
+    }
+}
+
+/// Waits up to `timeout_ms` for the pidfd to turn readable (its process exited).
+fn exited(pidfd: i32, timeout_ms: i32) -> bool {
+    let mut fds = libc::pollfd {
+        fd: pidfd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: poll over one valid pollfd on the stack.
+        let ready = unsafe { libc::poll(&mut fds, 1, timeout_ms) };
+        if ready >= 0 {
+            return ready > 0;
+        }
+        if errno() != libc::EINTR {
+            return false;
+        }
+    }
+}
+
+/// Reads a whole small file into `buffer`; `None` if it cannot.
+fn read_file(path: *const libc::c_char, buffer: &mut [u8]) -> Option<usize> {
+    // SAFETY: open/read/close with a NUL-terminated path and a buffer of the given length.
+    unsafe {
+        let fd = libc::open(path, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC);
+        if fd < 0 {
+            return None;
+        }
+        let mut length = 0;
+        while length < buffer.len() {
+            let n = libc::read(
+                fd,
+                buffer[length..].as_mut_ptr().cast(),
+                buffer.len() - length,
+            );
+            if n <= 0 {
+                break;
+            }
+            length += n as usize;
+        }
+        libc::close(fd);
+        Some(length)
+    }
+}
+
+/// The start time of `pid` from `/proc/PID/stat`, read without allocating.
+fn start_time(pid: i32) -> Option<u64> {
+    let mut path = [0u8; 32];
+    let prefix = b"/proc/";
+    path[..prefix.len()].copy_from_slice(prefix);
+    let mut at = prefix.len();
+    let mut digits = [0u8; 10];
+    let mut n = pid as u32;
+    let mut count = 0;
+    loop {
+        digits[count] = b'0' + (n % 10) as u8;
+        count += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in (0..count).rev() {
+        path[at] = digits[i];
+        at += 1;
+    }
+    path[at..at + 5].copy_from_slice(b"/stat");
+    // The rest of `path` is zeros, so it is NUL-terminated.
+    let mut buffer = [0u8; 1024];
+    let length = read_file(path.as_ptr().cast(), &mut buffer)?;
+    let text = std::str::from_utf8(&buffer[..length]).ok()?;
+    super::linux::parse_stat(text).map(|info| info.start_time)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_fields_it_needs() {
+        let text = b"version = 1\npid = 4242\nstart_time = 99\nstop_signal = 2\nstop_timeout_ms = 1500\ngroup = true\nport = 5432\n\n[metadata]\nx = \"pid = 1\"\npid = 7\n";
+        let recorded = parse_recorded(text).unwrap();
+        assert_eq!(
+            recorded,
+            Recorded {
+                pid: 4242,
+                start_time: 99,
+                stop_signal: 2,
+                stop_timeout_ms: 1500,
+                group: true
+            }
+        );
+        assert!(parse_recorded(b"version = 1\n").is_none());
+    }
+
+    #[test]
+    fn reads_its_own_start_time() {
+        let pid = std::process::id() as i32;
+        let expected = super::super::linux::proc_info(pid)
+            .unwrap()
+            .unwrap()
+            .start_time;
+        assert_eq!(start_time(pid), Some(expected));
+    }
+}

@@ -32,7 +32,15 @@ pub(crate) struct Run {
     pub(crate) token: CancellationToken,
     ready_sent: AtomicBool,
     supervisor: Arc<SupervisorHandle>,
-    spawned: Mutex<Option<JoinSet<()>>>,
+    spawned: Mutex<Spawned>,
+}
+
+/// The tasks a run spawned, until the run is over.
+#[derive(Default)]
+struct Spawned {
+    set: Option<JoinSet<()>>,
+    /// The run is over: its tasks were drained or aborted, and no more are taken.
+    closed: bool,
 }
 
 /// What outlives one run of a child: its identity, reload requests and mailbox.
@@ -95,14 +103,26 @@ impl Run {
             token,
             ready_sent: AtomicBool::new(false),
             supervisor,
-            spawned: Mutex::new(None),
+            spawned: Mutex::new(Spawned::default()),
         }
+    }
+
+    /// Ends the run's tasks: aborts those still running (the run itself was aborted, or they were
+    /// drained already) and refuses new ones. A spawned task may hold a clone of the context, so
+    /// this cannot be left to the context's drop.
+    pub(crate) fn close_spawned(&self) {
+        let set = {
+            let mut spawned = lock(&self.spawned);
+            spawned.closed = true;
+            spawned.set.take()
+        };
+        drop(set);
     }
 
     /// Waits for the tasks this run spawned, including any they spawn while being drained.
     pub(crate) async fn drain_spawned(&self) {
         loop {
-            let Some(mut set) = lock(&self.spawned).take() else {
+            let Some(mut set) = lock(&self.spawned).set.take() else {
                 return;
             };
             while let Some(joined) = set.join_next().await {
@@ -213,14 +233,20 @@ impl Context {
     /// shutdown token is cancelled and the supervisor waits for these tasks, within the child's
     /// grace period, before it counts the child as stopped; an abort aborts them too.
     ///
-    /// A panic in such a task is logged with the child's path; it does not fail the child.
+    /// A panic in such a task is logged with the child's path; it does not fail the child. Once
+    /// the run is over (its tasks drained or aborted), a task spawned through a leftover clone of
+    /// its context is dropped without running.
     pub fn spawn<F>(&self, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let span = tracing::debug_span!("task", path = %self.inner.slot.path);
         let mut spawned = lock(&self.inner.spawned);
-        let set = spawned.get_or_insert_with(JoinSet::new);
+        if spawned.closed {
+            tracing::debug!(path = %self.inner.slot.path, "task spawned after its run ended: dropped");
+            return;
+        }
+        let span = tracing::debug_span!("task", path = %self.inner.slot.path);
+        let set = spawned.set.get_or_insert_with(JoinSet::new);
         // Reap what has already finished, so a long-lived child's set does not grow.
         while set.try_join_next().is_some() {}
         set.spawn(task.instrument(span));

@@ -86,6 +86,14 @@ pub(crate) struct SlotReport {
     pub(crate) nested: Option<SupervisorHandle>,
 }
 
+/// What woke the event loop.
+enum Wake {
+    Messages,
+    Timer,
+    ParentStop,
+    ParentReload,
+}
+
 /// The children being restarted together under `OneForAll` or `RestForOne`.
 struct Group {
     members: BTreeSet<(u64, usize)>,
@@ -224,26 +232,30 @@ impl Core {
                 armed = next;
             }
             let stopping = self.shutting_down();
-            tokio::select! {
+            let wake = tokio::select! {
                 biased;
-                _ = self.receiver.recv_many(&mut batch, 256) => {
-                    self.observed = self.handle.tree().events.receiver_count() > 0;
+                _ = self.receiver.recv_many(&mut batch, 256) => Wake::Messages,
+                () = &mut sleep, if armed.is_some() => Wake::Timer,
+                () = async { parent.as_ref().unwrap().shutdown_requested().await },
+                    if parent.is_some() && !stopping => Wake::ParentStop,
+                () = async { parent.as_ref().unwrap().reload_requested().await },
+                    if parent.is_some() => Wake::ParentReload,
+            };
+            // Checked once per wake, not per event: whoever subscribed before this wake sees
+            // everything it causes.
+            self.observed = self.handle.tree().events.receiver_count() > 0;
+            match wake {
+                Wake::Messages => {
                     for msg in batch.drain(..) {
                         self.handle_msg(msg);
                     }
                 }
-                () = &mut sleep, if armed.is_some() => {
+                Wake::Timer => {
                     armed = None;
                     self.fire_timers();
                 }
-                () = async { parent.as_ref().unwrap().shutdown_requested().await },
-                    if parent.is_some() && !stopping => {
-                    self.begin_shutdown(Ok(()));
-                }
-                () = async { parent.as_ref().unwrap().reload_requested().await },
-                    if parent.is_some() => {
-                    self.reload();
-                }
+                Wake::ParentStop => self.begin_shutdown(Ok(())),
+                Wake::ParentReload => self.reload(),
             }
         }
     }
@@ -787,8 +799,11 @@ impl Core {
             None => self.outcome = Some(outcome),
         }
         tracing::debug!("shutting down");
-        let path = Arc::clone(self.path());
-        self.emit(&path, || EventKind::Stopping);
+        if self.parent.is_none() {
+            // A nested supervisor's parent reports it stopping, as for any child.
+            let path = Arc::clone(self.path());
+            self.emit(&path, || EventKind::Stopping);
+        }
         self.group = None;
         self.pending.clear();
         self.unready.clear();
@@ -958,10 +973,14 @@ impl Core {
     /// Passes a reload request to every child that runs or will run again. A child restarting
     /// keeps the request for its next run.
     fn reload(&mut self) {
+        let shutting_down = self.shutting_down();
         for (_, slot) in &self.slots {
             let will_see_it = match slot.state {
                 State::Starting | State::Running | State::Backoff(_) => true,
                 State::Waiting => slot.since.is_some(),
+                // On its way down to be started again: its next run gets it.
+                State::Stopping(After::Restart(_)) => true,
+                State::Stopping(After::Nothing) => !shutting_down,
                 State::Stopping(_) | State::Stopped => false,
             };
             if will_see_it {
@@ -1067,6 +1086,14 @@ impl Drop for Core {
 
 /// One run of a child: its function, contained, then the tasks it spawned, then the report.
 async fn run_child(run: RunFn, ctx: Context) {
+    /// Aborting this task must abort the tasks it spawned too.
+    struct CloseSpawned(Context);
+    impl Drop for CloseSpawned {
+        fn drop(&mut self) {
+            self.0.run().close_spawned();
+        }
+    }
+    let _close_spawned = CloseSpawned(ctx.clone());
     let outcome = AssertUnwindSafe(async { run(ctx.clone()).await })
         .catch_unwind()
         .await;

@@ -362,3 +362,263 @@ fn bad_names_are_refused_clearly() {
         );
     }
 }
+
+// ---- services that are one command -------------------------------------------------------------
+
+use procwarden::shared::{Readiness, ServiceCommand, ServiceState};
+
+/// A port nobody listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs as a TCP service in a re-executed copy of this binary: listens, accepts for ever.
+#[test]
+fn tcp_service_role() {
+    let Some(port) = std::env::var_os("PROCWARDEN_TEST_TCP_PORT") else {
+        return;
+    };
+    let listener =
+        std::net::TcpListener::bind(("127.0.0.1", port.to_str().unwrap().parse().unwrap()))
+            .unwrap();
+    for stream in listener.incoming() {
+        drop(stream);
+    }
+}
+
+fn tcp_service_script(port: u16) -> String {
+    format!(
+        "PROCWARDEN_TEST_TCP_PORT={port} exec {} --exact tcp_service_role --test-threads=1 -q",
+        std::env::current_exe().unwrap().display()
+    )
+}
+
+fn command_service(scratch: &Scratch, name: &str, command: ServiceCommand) -> SharedService {
+    SharedService::builder(name)
+        .state_dir(scratch.state_dir())
+        .stop_timeout(Duration::from_secs(5))
+        .command(command)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_command_is_ready_when_its_port_answers() {
+    let scratch = Scratch::new("tcp");
+    let port = free_port();
+    let svc = command_service(
+        &scratch,
+        "tcp",
+        ServiceCommand::shell(tcp_service_script(port)).ready(Readiness::Tcp {
+            host: "127.0.0.1".into(),
+            port,
+        }),
+    );
+    let handle = svc.acquire().await.unwrap();
+    assert_eq!(handle.port(), Some(port));
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("ready means it answers");
+    let listed = procwarden::shared::list(&scratch.state_dir()).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].name.as_str(), listed[0].holders, listed[0].state),
+        ("tcp", 1, ServiceState::Running)
+    );
+    assert_eq!(listed[0].info.port(), Some(port));
+    let process = service_process(Pid::try_from(handle.pid().unwrap()).unwrap());
+    handle.release().await.unwrap();
+    assert!(!process.is_alive());
+    scratch.assert_clean("tcp");
+}
+
+#[tokio::test]
+async fn a_command_that_exits_or_is_never_ready_fails_and_leaves_nothing() {
+    let scratch = Scratch::new("never");
+    let port = free_port();
+    let exits = command_service(
+        &scratch,
+        "exits",
+        ServiceCommand::shell("exit 3").ready(Readiness::Tcp {
+            host: "127.0.0.1".into(),
+            port,
+        }),
+    );
+    let err = exits.acquire().await.unwrap_err().to_string();
+    assert!(err.contains("exited before it was ready"), "{err}");
+    let slow = command_service(
+        &scratch,
+        "slow",
+        ServiceCommand::shell("exec sleep 600")
+            .ready(Readiness::Tcp {
+                host: "127.0.0.1".into(),
+                port,
+            })
+            .ready_timeout(Duration::from_millis(300)),
+    );
+    let err = slow.acquire().await.unwrap_err().to_string();
+    assert!(
+        err.contains("not ready within 300ms") && err.contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert_eq!(exits.holders().unwrap() + slow.holders().unwrap(), 0);
+    assert!(!scratch.dir.join("exits.state").exists() && !scratch.dir.join("slow.state").exists());
+    scratch.assert_clean("exits");
+    scratch.assert_clean("slow");
+}
+
+/// Runs as a user whose service never becomes ready (the test kills it while it starts).
+#[test]
+fn stuck_starter_role() {
+    let Some(dir) = std::env::var_os("PROCWARDEN_TEST_STUCK_DIR") else {
+        return;
+    };
+    let port: u16 = std::env::var("PROCWARDEN_TEST_STUCK_PORT")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let svc = SharedService::builder("stuck")
+            .state_dir(StateDir::at(PathBuf::from(dir)).unwrap())
+            .command(
+                ServiceCommand::shell("exec sleep 600")
+                    .ready(Readiness::Tcp {
+                        host: "127.0.0.1".into(),
+                        port,
+                    })
+                    .ready_timeout(Duration::from_secs(600)),
+            )
+            .build()
+            .unwrap();
+        let _ = svc.acquire().await;
+    });
+}
+
+#[tokio::test]
+async fn sigkill_of_the_starting_user_lets_the_next_one_start_it_once() {
+    let scratch = Scratch::new("stuck");
+    let port = free_port();
+    let mut starter = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "stuck_starter_role", "--test-threads=1", "-q"])
+        .env("PROCWARDEN_TEST_STUCK_DIR", &scratch.dir)
+        .env("PROCWARDEN_TEST_STUCK_PORT", port.to_string())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The starter records the half-started service before it waits for it: wait for that.
+    let state = scratch.dir.join("stuck.state");
+    let deadline = std::time::Instant::now() + BOUND;
+    let half_started = loop {
+        if let Ok(text) = std::fs::read_to_string(&state)
+            && text.contains("phase = \"starting\"")
+        {
+            let line = text.lines().find(|l| l.starts_with("pid = ")).unwrap();
+            break service_process(line["pid = ".len()..].parse().unwrap());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the starter never recorded its start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    starter.kill().unwrap();
+    starter.wait().unwrap();
+    let svc = command_service(
+        &scratch,
+        "stuck",
+        ServiceCommand::shell(tcp_service_script(port)).ready(Readiness::Tcp {
+            host: "127.0.0.1".into(),
+            port,
+        }),
+    );
+    let handle = tokio::time::timeout(BOUND, svc.acquire())
+        .await
+        .expect("the lock was given back")
+        .unwrap();
+    assert!(
+        !half_started.is_alive(),
+        "the half-started instance was stopped first"
+    );
+    assert_ne!(handle.pid(), Some(half_started.pid().as_raw() as u32));
+    handle.release().await.unwrap();
+    scratch.assert_clean("stuck");
+}
+
+#[tokio::test]
+async fn an_acquire_racing_a_slow_stop_waits_for_it_then_starts_fresh() {
+    let scratch = Scratch::new("slowstop");
+    let port = free_port();
+    // Ignores SIGTERM: the stop takes its whole timeout, then SIGKILL.
+    let script = format!(
+        "trap '' TERM; {}",
+        tcp_service_script(port).replacen("exec ", "", 1)
+    );
+    let make = || {
+        SharedService::builder("slowstop")
+            .state_dir(scratch.state_dir())
+            .stop_timeout(Duration::from_millis(500))
+            .command(ServiceCommand::shell(script.clone()).ready(Readiness::Tcp {
+                host: "127.0.0.1".into(),
+                port,
+            }))
+            .build()
+            .unwrap()
+    };
+    let (first, second) = (make(), make());
+    let handle = first.acquire().await.unwrap();
+    let old = service_process(Pid::try_from(handle.pid().unwrap()).unwrap());
+    let stopping = tokio::spawn(handle.release());
+    // Give the release a head start into its stop; if the acquire wins the race instead, it
+    // simply joins the running instance before the release, and the release is not the last.
+    tokio::task::yield_now().await;
+    let again = tokio::time::timeout(BOUND, second.acquire())
+        .await
+        .unwrap()
+        .unwrap();
+    stopping.await.unwrap().unwrap();
+    if again.pid() != Some(old.pid().as_raw() as u32) {
+        // A fresh instance: it must have started only after the old one was gone (same port).
+        assert!(!old.is_alive(), "no overlap");
+    }
+    let current = service_process(Pid::try_from(again.pid().unwrap()).unwrap());
+    assert!(current.is_alive());
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("the live instance answers");
+    again.release().await.unwrap();
+    assert!(!current.is_alive());
+    scratch.assert_clean("slowstop");
+}
+
+#[tokio::test]
+async fn stop_now_stops_a_held_service_and_cleans_up() {
+    let scratch = Scratch::new("stopnow");
+    let svc = service(
+        scratch.state_dir(),
+        "stopnow",
+        scratch.dir.join("starts"),
+        Duration::ZERO,
+    );
+    let handle = svc.acquire().await.unwrap();
+    let process = service_process(Pid::try_from(handle.pid().unwrap()).unwrap());
+    assert!(
+        procwarden::shared::stop_now(&scratch.state_dir(), "stopnow")
+            .await
+            .unwrap()
+    );
+    assert!(!process.is_alive());
+    scratch.assert_clean("stopnow");
+    handle
+        .release()
+        .await
+        .expect("releasing a stopped service is fine");
+    assert!(
+        !procwarden::shared::stop_now(&scratch.state_dir(), "stopnow")
+            .await
+            .unwrap()
+    );
+}

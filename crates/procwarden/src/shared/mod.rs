@@ -25,6 +25,9 @@ mod error;
 mod state_dir;
 
 #[cfg(target_os = "linux")]
+mod admin;
+mod command;
+#[cfg(target_os = "linux")]
 mod counter;
 #[cfg(target_os = "linux")]
 mod identity;
@@ -33,6 +36,9 @@ mod service;
 #[cfg(target_os = "linux")]
 mod state_file;
 
+#[cfg(target_os = "linux")]
+pub use admin::{ServiceState, ServiceStatus, list, stop_now};
+pub use command::{Readiness, ServiceCommand};
 #[cfg(target_os = "linux")]
 pub use counter::RefCounter;
 pub use error::SharedError;

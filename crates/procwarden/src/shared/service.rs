@@ -10,7 +10,7 @@ use futures_util::future::BoxFuture;
 
 use super::counter::{LockGuard, RefCounter};
 use super::state_file::{self, Phase, StateFile};
-use super::{SharedError, StateDir};
+use super::{ServiceCommand, SharedError, StateDir};
 use crate::process::{Pid, ProcessRef, Signal};
 use crate::supervisor::BoxError;
 use crate::sys::sysv;
@@ -69,12 +69,18 @@ type CheckFn = Arc<dyn Fn(ServiceInfo) -> BoxFuture<'static, bool> + Send + Sync
 type RecoverFn =
     Arc<dyn Fn(ServiceInfo) -> BoxFuture<'static, Result<ServiceInfo, BoxError>> + Send + Sync>;
 
+/// How the first user starts the service.
+enum Start {
+    Callback(StartFn),
+    Command(ServiceCommand),
+}
+
 /// Builds a [`SharedService`]; see [`SharedService::builder`].
 #[must_use]
 pub struct SharedServiceBuilder {
     name: String,
     dir: Option<StateDir>,
-    on_first_acquire: Option<StartFn>,
+    start: Option<Start>,
     on_last_release: Option<StopFn>,
     on_health_check: Option<CheckFn>,
     on_recover: Option<RecoverFn>,
@@ -92,7 +98,18 @@ impl SharedServiceBuilder {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<ServiceInfo, BoxError>> + Send + 'static,
     {
-        self.on_first_acquire = Some(Arc::new(move || Box::pin(start())));
+        self.start = Some(Start::Callback(Arc::new(move || Box::pin(start()))));
+        self
+    }
+
+    /// Starts the service as one shell command instead of with `on_first_acquire`: spawned in
+    /// its own process group, recorded before it is ready (so that a user killed while starting
+    /// it leaves nothing running that the next user does not know of), and ready when its probe
+    /// passes. The port of a TCP probe becomes the service's port. Implies
+    /// [`stop_group`](Self::stop_group).
+    pub fn command(mut self, command: ServiceCommand) -> Self {
+        self.start = Some(Start::Command(command));
+        self.group = true;
         self
     }
 
@@ -169,12 +186,10 @@ impl SharedServiceBuilder {
             name: self.name.clone(),
             reason,
         })?;
-        let start = self
-            .on_first_acquire
-            .ok_or_else(|| SharedError::StartFailed {
-                name: self.name.clone(),
-                reason: "no on_first_acquire callback was given".into(),
-            })?;
+        let start = self.start.ok_or_else(|| SharedError::StartFailed {
+            name: self.name.clone(),
+            reason: "neither on_first_acquire nor command was given".into(),
+        })?;
         let dir = match self.dir {
             Some(dir) => dir,
             None => StateDir::from_env()?,
@@ -230,10 +245,10 @@ pub struct SharedService {
     inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     name: String,
     dir: StateDir,
-    start: StartFn,
+    start: Start,
     stop: Option<StopFn>,
     check: Option<CheckFn>,
     recover: Option<RecoverFn>,
@@ -274,7 +289,7 @@ pub struct ServiceHandle {
 }
 
 /// Something that made the set go away under us: start over with a fresh one.
-enum Attempt<T> {
+pub(crate) enum Attempt<T> {
     Done(T),
     Retry,
 }
@@ -298,7 +313,7 @@ impl SharedService {
         SharedServiceBuilder {
             name: name.into(),
             dir: None,
-            on_first_acquire: None,
+            start: None,
             on_last_release: None,
             on_health_check: None,
             on_recover: None,
@@ -394,7 +409,7 @@ impl Inner {
     }
 
     /// Takes the lifecycle lock without blocking the runtime's worker threads.
-    async fn lock(counter: &Arc<RefCounter>) -> Result<Attempt<LockGuard>, SharedError> {
+    pub(crate) async fn lock(counter: &Arc<RefCounter>) -> Result<Attempt<LockGuard>, SharedError> {
         let locking = Arc::clone(counter);
         let locked = tokio::task::spawn_blocking(move || locking.lock())
             .await
@@ -470,9 +485,9 @@ impl Inner {
             (Some(state), Some(recover)) => recover(info_of(state)).await.map_err(failed)?,
             (Some(state), None) => {
                 self.stop_process(state).await?;
-                (self.start)().await.map_err(failed)?
+                self.start().await.map_err(failed)?
             }
-            (None, _) => (self.start)().await.map_err(failed)?,
+            (None, _) => self.start().await.map_err(failed)?,
         };
         let process = match info.pid {
             Some(pid) => {
@@ -482,20 +497,7 @@ impl Inner {
             None => None,
         };
         let me = ProcessRef::new(Pid::this()).map_err(|err| failed(err.into()))?;
-        let state = StateFile {
-            version: state_file::VERSION,
-            phase: Phase::Ready,
-            pid: process.as_ref().map(|p| p.pid().as_raw()),
-            start_time: process.as_ref().map(ProcessRef::start_time),
-            port: info.port,
-            stop_signal: self.stop_signal.as_raw(),
-            stop_timeout_ms: self.stop_timeout.as_millis().try_into().unwrap_or(u64::MAX),
-            group: self.group,
-            starter: me.pid().as_raw(),
-            starter_start_time: me.start_time(),
-            started_at: now_secs(),
-            metadata: info.metadata.clone(),
-        };
+        let state = self.state_for(process.as_ref(), &me, &info);
         state_file::write(&self.dir.state_file(&self.name), &state)?;
         let generation = guard
             .bump_generation()
@@ -508,22 +510,60 @@ impl Inner {
         })
     }
 
-    /// Stops the process a state file records, if it is still that process.
+    async fn start(&self) -> Result<ServiceInfo, BoxError> {
+        match &self.start {
+            Start::Callback(start) => start().await,
+            Start::Command(command) => self.start_command(command).await,
+        }
+    }
+
+    /// Spawns the command, records it as starting, and waits for its probe. On failure the
+    /// process group is stopped and the record removed.
+    async fn start_command(&self, command: &ServiceCommand) -> Result<ServiceInfo, BoxError> {
+        let pid = command.spawn(&self.dir.log_file(&self.name))?;
+        let process = ProcessRef::new(Pid::try_from(pid)?)?;
+        let me = ProcessRef::new(Pid::this())?;
+        let path = self.dir.state_file(&self.name);
+        let mut state = self.state_for(Some(&process), &me, &ServiceInfo::with_pid(pid));
+        state.phase = Phase::Starting;
+        state_file::write(&path, &state)?;
+        if let Err(err) = command.wait_ready(&process).await {
+            let _ = process
+                .stop_group(Signal::KILL, Duration::from_secs(5))
+                .await;
+            let _ = state_file::remove(&path);
+            return Err(err);
+        }
+        let mut info = ServiceInfo::with_pid(pid);
+        info.port = command.ready.port();
+        Ok(info)
+    }
+
+    /// The record of a ready service run by `process`, started by `me`.
+    fn state_for(
+        &self,
+        process: Option<&ProcessRef>,
+        me: &ProcessRef,
+        info: &ServiceInfo,
+    ) -> StateFile {
+        StateFile {
+            version: state_file::VERSION,
+            phase: Phase::Ready,
+            pid: process.map(|p| p.pid().as_raw()),
+            start_time: process.map(ProcessRef::start_time),
+            port: info.port,
+            stop_signal: self.stop_signal.as_raw(),
+            stop_timeout_ms: self.stop_timeout.as_millis().try_into().unwrap_or(u64::MAX),
+            group: self.group,
+            starter: me.pid().as_raw(),
+            starter_start_time: me.start_time(),
+            started_at: now_secs(),
+            metadata: info.metadata.clone(),
+        }
+    }
+
     async fn stop_process(&self, state: &StateFile) -> Result<(), SharedError> {
-        let Some(process) = process_of(state) else {
-            return Ok(());
-        };
-        let signal = Signal::from_raw(state.stop_signal).unwrap_or(Signal::TERM);
-        let timeout = Duration::from_millis(state.stop_timeout_ms);
-        let stopped = if state.group {
-            process.stop_group(signal, timeout).await
-        } else {
-            process.stop_with(signal, timeout).await
-        };
-        stopped.map(drop).map_err(|err| SharedError::StopFailed {
-            name: self.name.clone(),
-            reason: err.to_string(),
-        })
+        stop_recorded(&self.name, state).await
     }
 
     /// The last hold is going: stop the service now (no linger) or leave it to the keeper.
@@ -564,7 +604,26 @@ impl Inner {
     }
 }
 
-fn info_of(state: &StateFile) -> ServiceInfo {
+/// Stops the process a state file records, if it is still that process: its stop signal, its
+/// stop timeout, then SIGKILL, to the process or to its group.
+pub(crate) async fn stop_recorded(name: &str, state: &StateFile) -> Result<(), SharedError> {
+    let Some(process) = process_of(state) else {
+        return Ok(());
+    };
+    let signal = Signal::from_raw(state.stop_signal).unwrap_or(Signal::TERM);
+    let timeout = Duration::from_millis(state.stop_timeout_ms);
+    let stopped = if state.group {
+        process.stop_group(signal, timeout).await
+    } else {
+        process.stop_with(signal, timeout).await
+    };
+    stopped.map(drop).map_err(|err| SharedError::StopFailed {
+        name: name.to_owned(),
+        reason: err.to_string(),
+    })
+}
+
+pub(crate) fn info_of(state: &StateFile) -> ServiceInfo {
     ServiceInfo {
         pid: state.pid.and_then(|p| u32::try_from(p).ok()),
         port: state.port,
@@ -573,7 +632,7 @@ fn info_of(state: &StateFile) -> ServiceInfo {
 }
 
 /// The recorded process, if it is still the one that was recorded.
-fn process_of(state: &StateFile) -> Option<ProcessRef> {
+pub(crate) fn process_of(state: &StateFile) -> Option<ProcessRef> {
     let pid = Pid::try_from(state.pid?).ok()?;
     ProcessRef::from_record(pid, state.start_time?).ok()
 }

@@ -78,6 +78,11 @@ impl StateDir {
     pub(crate) fn state_file(&self, name: &str) -> PathBuf {
         self.path.join(format!("{name}.state"))
     }
+
+    /// Where a service started by a command writes its output.
+    pub fn log_file(&self, name: &str) -> PathBuf {
+        self.path.join(format!("{name}.log"))
+    }
 }
 
 fn default_path() -> PathBuf {

@@ -154,9 +154,8 @@ impl Command {
             command.current_dir(dir);
         }
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        #[cfg(target_os = "linux")]
         if let Some(signal) = self.parent_death_signal {
-            crate::sys::linux::set_parent_death_signal(&mut command, signal.as_raw());
+            super::set_parent_death_signal(&mut command, signal);
         }
         let output = || {
             if self.forward_output {

@@ -45,6 +45,19 @@ pub use process_ref::ProcessRef;
 pub use signal::{Signal, SignalError};
 pub use stop::StopOutcome;
 
+/// Makes the kernel send `signal` to the process `command` spawns when the thread that spawned
+/// it exits (Linux's `PR_SET_PDEATHSIG`), so it cannot outlive its parent; the process exits at
+/// once if its parent is already gone when it starts. Spawn from a thread that lives as long as
+/// the parent means to (the main thread, or a current-thread runtime's).
+///
+/// Linux only: elsewhere this does nothing.
+pub fn set_parent_death_signal(command: &mut std::process::Command, signal: Signal) {
+    #[cfg(target_os = "linux")]
+    crate::sys::linux::set_parent_death_signal(command, signal.as_raw());
+    #[cfg(not(target_os = "linux"))]
+    let _ = (command, signal);
+}
+
 /// Whether the process is running (not exited, not a zombie, its PID not reused).
 pub fn is_alive(process: &ProcessRef) -> bool {
     process.is_alive()

@@ -9,6 +9,23 @@ use std::time::Duration;
 
 use crate::supervisor::BoxError;
 
+/// Reports the status of a spawned service once a thread of this process has reaped it.
+pub(crate) type Exit = tokio::sync::oneshot::Receiver<std::process::ExitStatus>;
+
+/// A process's end, in words: "exit status 127", "killed by SIGKILL".
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(127), _) => "exit status 127: command not found".into(),
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(raw)) => match crate::process::Signal::from_raw(raw) {
+            Ok(signal) => format!("killed by {signal}"),
+            Err(_) => format!("killed by signal {raw}"),
+        },
+        (None, None) => "no status".into(),
+    }
+}
+
 /// When a service started by a [`ServiceCommand`] counts as ready.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Readiness {
@@ -109,8 +126,9 @@ impl ServiceCommand {
     }
 
     /// Spawns the command in its own process group, output appended to `log`. The process is
-    /// reaped by a thread of this process if it ends while this process lives; otherwise by init.
-    pub(crate) fn spawn(&self, log: &std::path::Path) -> Result<u32, BoxError> {
+    /// reaped by a thread of this process if it ends while this process lives (its status comes
+    /// back through the receiver); otherwise by init.
+    pub(crate) fn spawn(&self, log: &std::path::Path) -> Result<(u32, Exit), BoxError> {
         let output = OpenOptions::new()
             .create(true)
             .append(true)
@@ -128,16 +146,22 @@ impl ServiceCommand {
             .spawn()
             .map_err(|err| format!("cannot run /bin/sh: {err}"))?;
         let pid = child.id();
+        let (report, exit) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name(format!("reap-{pid}"))
-            .spawn(move || child.wait())?;
-        Ok(pid)
+            .spawn(move || {
+                if let Ok(status) = child.wait() {
+                    let _ = report.send(status);
+                }
+            })?;
+        Ok((pid, exit))
     }
 
     /// Waits until the probe passes, the process exits (a failure), or the timeout passes.
     pub(crate) async fn wait_ready(
         &self,
-        process: &crate::process::ProcessRef,
+        exit: Exit,
+        log: &std::path::Path,
     ) -> Result<(), BoxError> {
         let probe = async {
             let mut delay = Duration::from_millis(5);
@@ -152,7 +176,15 @@ impl ServiceCommand {
         };
         tokio::select! {
             () = probe => Ok(()),
-            () = process.exited() => Err("it exited before it was ready (see its log)".into()),
+            status = exit => Err(match status {
+                Ok(status) => format!(
+                    "it exited before it was ready ({}); see its log {}",
+                    describe(status),
+                    log.display()
+                ),
+                Err(_) => format!("it exited before it was ready; see its log {}", log.display()),
+            }
+            .into()),
             () = tokio::time::sleep(self.ready_timeout) => Err(format!(
                 "it was not ready within {:?} ({})",
                 self.ready_timeout,

@@ -520,14 +520,15 @@ impl Inner {
     /// Spawns the command, records it as starting, and waits for its probe. On failure the
     /// process group is stopped and the record removed.
     async fn start_command(&self, command: &ServiceCommand) -> Result<ServiceInfo, BoxError> {
-        let pid = command.spawn(&self.dir.log_file(&self.name))?;
+        let log = self.dir.log_file(&self.name);
+        let (pid, exit) = command.spawn(&log)?;
         let process = ProcessRef::new(Pid::try_from(pid)?)?;
         let me = ProcessRef::new(Pid::this())?;
         let path = self.dir.state_file(&self.name);
         let mut state = self.state_for(Some(&process), &me, &ServiceInfo::with_pid(pid));
         state.phase = Phase::Starting;
         state_file::write(&path, &state)?;
-        if let Err(err) = command.wait_ready(&process).await {
+        if let Err(err) = command.wait_ready(exit, &log).await {
             let _ = process
                 .stop_group(Signal::KILL, Duration::from_secs(5))
                 .await;

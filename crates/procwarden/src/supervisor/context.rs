@@ -3,17 +3,17 @@
 use std::any::Any;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::Instrument;
 
+use super::SupervisorHandle;
 use super::core::Msg;
 use super::handle::Tree;
 use super::spec::MessageType;
-use super::{ExitReason, SupervisorHandle};
 
 /// A child's view of its supervisor, for one run of the child.
 ///
@@ -46,11 +46,13 @@ struct Spawned {
 /// What outlives one run of a child: its identity, reload requests and mailbox.
 pub(crate) struct SlotShared {
     pub(crate) name: Arc<str>,
-    pub(crate) path: Arc<str>,
+    /// The supervisor's path; the child's own is made from it when first needed.
+    parent: Arc<str>,
+    path: OnceLock<Arc<str>>,
     pub(crate) reload: Notify,
-    pub(crate) mailbox: Option<Mailbox>,
+    pub(crate) mailbox: Option<Box<Mailbox>>,
     /// The handle of the supervisor this child runs, when it is one and is running.
-    pub(crate) nested: Mutex<Option<SupervisorHandle>>,
+    nested: Option<Box<Mutex<Option<SupervisorHandle>>>>,
 }
 
 /// A child's queue of messages; it survives restarts.
@@ -77,14 +79,26 @@ impl Mailbox {
 }
 
 impl SlotShared {
-    pub(crate) fn new(name: Arc<str>, path: Arc<str>, accepts: Option<MessageType>) -> Self {
+    pub(crate) fn new(
+        name: Arc<str>,
+        parent: Arc<str>,
+        accepts: Option<MessageType>,
+        is_supervisor: bool,
+    ) -> Self {
         Self {
             name,
-            path,
+            parent,
+            path: OnceLock::new(),
             reload: Notify::new(),
-            mailbox: accepts.map(Mailbox::new),
-            nested: Mutex::new(None),
+            mailbox: accepts.map(|accepts| Box::new(Mailbox::new(accepts))),
+            nested: is_supervisor.then(|| Box::new(Mutex::new(None))),
         }
+    }
+
+    /// The child's path from the root, such as `root/db/pool`.
+    pub(crate) fn path(&self) -> &Arc<str> {
+        self.path
+            .get_or_init(|| format!("{}/{}", self.parent, self.name).into())
     }
 }
 
@@ -129,8 +143,8 @@ impl Run {
                 if let Err(err) = joined
                     && err.is_panic()
                 {
-                    let message = super::core::panic_message(err.into_panic());
-                    tracing::error!(path = %self.slot.path, "task spawned by child panicked: {message}");
+                    let message = super::exit::panic_message(err.into_panic());
+                    tracing::error!(path = %self.slot.path(), "task spawned by child panicked: {message}");
                 }
             }
         }
@@ -161,7 +175,7 @@ impl Context {
 
     /// The child's path from the root of the tree, such as `root/db/pool`.
     pub fn path(&self) -> &str {
-        &self.inner.slot.path
+        &self.inner.slot.path()
     }
 
     /// Tells the supervisor that the child can serve. Only the first call counts.
@@ -242,10 +256,10 @@ impl Context {
     {
         let mut spawned = lock(&self.inner.spawned);
         if spawned.closed {
-            tracing::debug!(path = %self.inner.slot.path, "task spawned after its run ended: dropped");
+            tracing::debug!(path = %self.inner.slot.path(), "task spawned after its run ended: dropped");
             return;
         }
-        let span = tracing::debug_span!("task", path = %self.inner.slot.path);
+        let span = tracing::debug_span!("task", path = %self.inner.slot.path());
         let set = spawned.set.get_or_insert_with(JoinSet::new);
         // Reap what has already finished, so a long-lived child's set does not grow.
         while set.try_join_next().is_some() {}
@@ -262,7 +276,9 @@ impl Context {
     }
 
     pub(crate) fn set_nested(&self, handle: Option<SupervisorHandle>) {
-        *lock(&self.inner.slot.nested) = handle;
+        if let Some(cell) = &self.inner.slot.nested {
+            *lock(cell) = handle;
+        }
     }
 }
 
@@ -277,18 +293,5 @@ impl std::fmt::Debug for Context {
 
 /// Reads a nested supervisor's current handle out of a slot.
 pub(crate) fn nested_handle(slot: &SlotShared) -> Option<SupervisorHandle> {
-    lock(&slot.nested).clone()
-}
-
-/// How the outcome of a child's function maps to its exit reason.
-pub(crate) fn exit_reason(
-    outcome: Result<super::ChildResult, Box<dyn Any + Send>>,
-    asked_to_stop: bool,
-) -> ExitReason {
-    match outcome {
-        Ok(Ok(())) if asked_to_stop => ExitReason::Shutdown,
-        Ok(Ok(())) => ExitReason::Normal,
-        Ok(Err(err)) => ExitReason::failed(super::error::chain(&*err)),
-        Err(payload) => ExitReason::Panicked(super::core::panic_message(payload).into()),
-    }
+    slot.nested.as_ref().and_then(|cell| lock(cell).clone())
 }

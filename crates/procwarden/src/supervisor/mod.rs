@@ -32,6 +32,7 @@ mod event;
 mod exit;
 mod handle;
 mod intensity;
+mod launch;
 mod name;
 mod restart;
 mod signals;

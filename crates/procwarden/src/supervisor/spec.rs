@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
+use tokio::task::AbortHandle;
 
 use super::{Backoff, Context, Restart, Supervisor};
 
@@ -17,7 +17,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// What one run of a child returns.
 pub type ChildResult = Result<(), BoxError>;
 
-pub(crate) type RunFn = Arc<dyn Fn(Context) -> BoxFuture<'static, ChildResult> + Send + Sync>;
+/// Spawns one run of a child as a task; made generic over the child's future by
+/// [`ChildSpec::new`], so that the future lives in the task itself, unboxed.
+pub(crate) type Launch = Arc<dyn Fn(Context) -> AbortHandle + Send + Sync>;
 
 /// How long a child may take to stop once asked (OTP's `shutdown` child option).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -78,7 +80,7 @@ pub trait Service: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct ChildSpec {
     pub(crate) name: Arc<str>,
-    pub(crate) run: RunFn,
+    pub(crate) launch: Launch,
     pub(crate) restart: Restart,
     pub(crate) shutdown: Shutdown,
     pub(crate) start_timeout: Option<Duration>,
@@ -113,15 +115,13 @@ impl ChildSpec {
     where
         F: Fn(Context) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), E>> + Send + 'static,
-        E: Into<BoxError>,
+        E: Into<BoxError> + 'static,
     {
-        let run: RunFn = Arc::new(move |ctx| {
-            let fut = run(ctx);
-            Box::pin(async move { fut.await.map_err(Into::into) })
-        });
+        let run = Arc::new(run);
+        let launch: Launch = Arc::new(move |ctx| super::launch::spawn(Arc::clone(&run), ctx));
         Self {
             name: name.into().into(),
-            run,
+            launch,
             restart: Restart::default(),
             shutdown: Shutdown::default(),
             start_timeout: Some(Duration::from_secs(30)),

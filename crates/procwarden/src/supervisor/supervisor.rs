@@ -47,7 +47,7 @@ pub(crate) struct Definition {
     pub(crate) strategy: Strategy,
     pub(crate) intensity: Intensity,
     pub(crate) dynamic: bool,
-    pub(crate) children: Vec<ChildSpec>,
+    pub(crate) children: Vec<Arc<ChildSpec>>,
 }
 
 pub(crate) struct Channel {
@@ -126,7 +126,7 @@ impl SupervisorBuilder {
                 strategy: self.strategy,
                 intensity: self.intensity,
                 dynamic: self.dynamic,
-                children: self.children,
+                children: self.children.into_iter().map(Arc::new).collect(),
             }),
             channel: Some(Channel::new()),
             tree: Tree::new(),

@@ -9,13 +9,12 @@ mod slot;
 mod timer;
 
 use std::any::Any;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::mem;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use slab::Slab;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -24,9 +23,9 @@ use tracing::Instrument;
 
 use self::slot::{After, Live, Reply, Slot, State};
 use self::timer::{Kind, Timer, Timers};
-use super::context::{Run, SlotShared, exit_reason, nested_handle};
+use super::context::{Run, SlotShared, nested_handle};
 use super::intensity::RestartLog;
-use super::spec::{MessageType, RunFn};
+use super::spec::MessageType;
 use super::supervisor::Definition;
 use super::{
     ChildSpec, ChildState, ChildStatus, Context, EventKind, ExitReason, Restart, Shutdown,
@@ -183,9 +182,17 @@ impl Core {
         self.outcome.is_some()
     }
 
-    fn emit(&self, path: &Arc<str>, kind: impl FnOnce() -> EventKind) {
+    /// Streams an event about the child at `key`, if anyone listens; its path is only made then.
+    fn emit(&self, key: usize, kind: impl FnOnce() -> EventKind) {
         if self.observed {
-            self.handle.tree().emit(path, kind);
+            self.handle.tree().emit(self.slots[key].shared.path(), kind);
+        }
+    }
+
+    /// Streams an event about this supervisor itself, if anyone listens.
+    fn emit_own(&self, kind: impl FnOnce() -> EventKind) {
+        if self.observed {
+            self.handle.tree().emit(self.path(), kind);
         }
     }
 
@@ -194,10 +201,20 @@ impl Core {
         async move {
             tracing::debug!("starting");
             self.observed = self.handle.tree().events.receiver_count() > 0;
-            let initial = self.definition.children.clone();
-            for spec in initial {
-                // Names were checked when the supervisor was built.
-                let key = self.insert(spec).expect("checked by the builder");
+            let definition = Arc::clone(&self.definition);
+            self.slots.reserve(definition.children.len());
+            self.names.reserve(definition.children.len());
+            // All slots first, then all spawns back to back: a burst keeps the runtime's other
+            // workers busy stealing instead of parking and being woken for each task.
+            let keys: Vec<usize> = definition
+                .children
+                .iter()
+                .map(|spec| {
+                    self.insert(Arc::clone(spec))
+                        .expect("names checked by the builder")
+                })
+                .collect();
+            for key in keys {
                 self.queue_start(key);
             }
             self.pump();
@@ -218,6 +235,7 @@ impl Core {
         let sleep = tokio::time::sleep_until(Instant::now());
         tokio::pin!(sleep);
         let mut armed = None;
+        let mut looked = false;
         loop {
             self.handle_exits();
             if let Some(outcome) = self.finished() {
@@ -226,11 +244,23 @@ impl Core {
             self.announce_ready();
             let next = self.timers.next_deadline();
             if next != armed {
+                if next.is_some() && !looked {
+                    // A child asked to stop (or start) usually answers at once. Arming its
+                    // deadline wakes the timer driver, so first let it run and read its answer.
+                    looked = true;
+                    tokio::task::yield_now().await;
+                    self.observed = self.handle.tree().events.receiver_count() > 0;
+                    while let Ok(msg) = self.receiver.try_recv() {
+                        self.handle_msg(msg);
+                    }
+                    continue;
+                }
                 if let Some(at) = next {
                     sleep.as_mut().reset(at);
                 }
                 armed = next;
             }
+            looked = false;
             let stopping = self.shutting_down();
             let wake = tokio::select! {
                 biased;
@@ -323,20 +353,30 @@ impl Core {
 
     // ---- adding, starting, readiness -------------------------------------------------------
 
-    fn insert(&mut self, spec: ChildSpec) -> Result<usize, SupervisorError> {
-        name::validate(&spec.name)?;
-        if self.names.contains_key(&spec.name) {
-            return Err(SupervisorError::DuplicateName {
-                path: format!("{}/{}", self.handle.path(), spec.name),
-            });
+    /// Gives a child its slot; its name must already be valid.
+    fn insert(&mut self, spec: Arc<ChildSpec>) -> Result<usize, SupervisorError> {
+        let parent = Arc::clone(self.handle.shared_path());
+        let entry = self.slots.vacant_entry();
+        let key = entry.key();
+        match self.names.entry(Arc::clone(&spec.name)) {
+            Entry::Occupied(_) => {
+                return Err(SupervisorError::DuplicateName {
+                    path: format!("{parent}/{}", spec.name),
+                });
+            }
+            Entry::Vacant(vacant) => {
+                vacant.insert(key);
+            }
         }
-        let path: Arc<str> = format!("{}/{}", self.handle.path(), spec.name).into();
-        let shared = Arc::new(SlotShared::new(Arc::clone(&spec.name), path, spec.messages));
+        let shared = Arc::new(SlotShared::new(
+            Arc::clone(&spec.name),
+            parent,
+            spec.messages,
+            spec.is_supervisor,
+        ));
         let seq = self.next_seq;
         self.next_seq += 1;
-        let name = Arc::clone(&spec.name);
-        let key = self.slots.insert(Slot::new(seq, spec, shared));
-        self.names.insert(name, key);
+        entry.insert(Slot::new(seq, spec, shared));
         self.active += 1;
         Ok(key)
     }
@@ -348,7 +388,8 @@ impl Core {
                 child: spec.name.to_string(),
             });
         }
-        let key = self.insert(spec)?;
+        name::validate(&spec.name)?;
+        let key = self.insert(Arc::new(spec))?;
         self.queue_start(key);
         self.pump();
         Ok(())
@@ -391,15 +432,10 @@ impl Core {
             token.clone(),
             Arc::clone(&self.handle),
         ));
-        let span = tracing::info_span!("child", path = %slot.shared.path);
-        let task = tokio::spawn(run_child(Arc::clone(&slot.spec.run), ctx).instrument(span));
-        slot.live = Some(Live {
-            abort: task.abort_handle(),
-            token,
-        });
+        let abort = (slot.spec.launch)(ctx);
+        slot.live = Some(Live { abort, token });
         self.live += 1;
-        let path = Arc::clone(&slot.shared.path);
-        self.emit(&path, || EventKind::Starting);
+        self.emit(key, || EventKind::Starting);
         let slot = &mut self.slots[key];
         if slot.spec.reports_ready {
             slot.state = State::Starting;
@@ -424,9 +460,8 @@ impl Core {
         let slot = &mut self.slots[key];
         slot.state = State::Running;
         let order = slot.order(key);
-        let path = Arc::clone(&slot.shared.path);
         self.unready.remove(&order);
-        self.emit(&path, || EventKind::Ready);
+        self.emit(key, || EventKind::Ready);
     }
 
     /// A nested supervisor is ready once its first children all are.
@@ -440,10 +475,7 @@ impl Core {
             match &self.parent {
                 // The parent reports the nested supervisor's readiness as its child's.
                 Some(parent) => parent.ready(),
-                None => {
-                    let path = Arc::clone(self.path());
-                    self.emit(&path, || EventKind::Ready);
-                }
+                None => self.emit_own(|| EventKind::Ready),
             }
         }
     }
@@ -468,11 +500,10 @@ impl Core {
             _ => reason,
         };
         slot.last_exit = Some(reason.clone());
-        let path = Arc::clone(&slot.shared.path);
         self.live -= 1;
         self.unready.remove(&order);
-        tracing::debug!(%path, "exited: {reason}");
-        self.emit(&path, || EventKind::Exited(reason.clone()));
+        tracing::debug!(path = %self.slots[key].shared.path(), "exited: {reason}");
+        self.emit(key, || EventKind::Exited(reason.clone()));
         let queued_stop = self.stopping_now == Some(key);
         if queued_stop {
             self.stopping_now = None;
@@ -519,11 +550,10 @@ impl Core {
                 path: self.handle.path().to_owned(),
                 max_restarts: self.definition.intensity.max_restarts(),
                 period: self.definition.intensity.period(),
-                child: slot.shared.path.to_string(),
+                child: slot.shared.path().to_string(),
                 reason,
             };
-            let path = Arc::clone(self.path());
-            self.emit(&path, || EventKind::IntensityExceeded);
+            self.emit_own(|| EventKind::IntensityExceeded);
             self.finish(key);
             self.begin_shutdown(Err(err));
             return;
@@ -568,8 +598,7 @@ impl Core {
     }
 
     fn delay_start(&mut self, key: usize, delay: Duration) {
-        let path = Arc::clone(&self.slots[key].shared.path);
-        self.emit(&path, || EventKind::Restarting { delay });
+        self.emit(key, || EventKind::Restarting { delay });
         if delay.is_zero() {
             self.queue_start(key);
             return;
@@ -690,8 +719,7 @@ impl Core {
             }
             Shutdown::Infinity => live.token.cancel(),
         }
-        let path = Arc::clone(&slot.shared.path);
-        self.emit(&path, || EventKind::Stopping);
+        self.emit(key, || EventKind::Stopping);
     }
 
     /// A child ended for good: removed when temporary or in a pool, kept as stopped otherwise.
@@ -722,10 +750,14 @@ impl Core {
         if let Some(mailbox) = &slot.shared.mailbox {
             let unread = mailbox.unread();
             if unread > 0 {
-                tracing::warn!(path = %slot.shared.path, unread, "child removed with unread messages");
+                tracing::warn!(path = %slot.shared.path(), unread, "child removed with unread messages");
             }
         }
-        self.emit(&slot.shared.path, || EventKind::Removed);
+        if self.observed {
+            self.handle
+                .tree()
+                .emit(slot.shared.path(), || EventKind::Removed);
+        }
     }
 
     fn fire_timers(&mut self) {
@@ -745,7 +777,7 @@ impl Core {
                 (Kind::Start, State::Starting) => {
                     let timeout = slot.spec.start_timeout.unwrap_or_default();
                     let why = ExitReason::failed(format!("not ready within {timeout:?}"));
-                    tracing::warn!(path = %slot.shared.path, "not ready within {timeout:?}");
+                    tracing::warn!(path = %slot.shared.path(), "not ready within {timeout:?}");
                     self.begin_stop(timer.key, After::Fail(why));
                 }
                 (Kind::Stop, State::Stopping(_)) => self.abort(timer.key),
@@ -764,7 +796,7 @@ impl Core {
     fn abort(&mut self, key: usize) {
         let slot = &self.slots[key];
         if let Some(live) = &slot.live {
-            tracing::warn!(path = %slot.shared.path, "still running after its grace period: aborting");
+            tracing::warn!(path = %slot.shared.path(), "still running after its grace period: aborting");
             live.abort.abort();
             self.exits
                 .push_back((key, slot.generation, ExitReason::Aborted));
@@ -801,8 +833,7 @@ impl Core {
         tracing::debug!("shutting down");
         if self.parent.is_none() {
             // A nested supervisor's parent reports it stopping, as for any child.
-            let path = Arc::clone(self.path());
-            self.emit(&path, || EventKind::Stopping);
+            self.emit_own(|| EventKind::Stopping);
         }
         self.group = None;
         self.pending.clear();
@@ -908,13 +939,13 @@ impl Core {
             State::Starting | State::Running => self.begin_stop(key, After::Remove(reply)),
             State::Stopping(After::Remove(_)) => {
                 let _ = reply.send(Err(SupervisorError::NoSuchChild {
-                    path: slot.shared.path.to_string(),
+                    path: slot.shared.path().to_string(),
                 }));
             }
             State::Stopping(after) => {
                 if let After::Restart(earlier) = mem::replace(after, After::Remove(reply)) {
                     let _ = earlier.send(Err(SupervisorError::NoSuchChild {
-                        path: slot.shared.path.to_string(),
+                        path: slot.shared.path().to_string(),
                     }));
                 }
             }
@@ -943,7 +974,7 @@ impl Core {
             State::Starting | State::Running => self.begin_stop(key, After::Restart(reply)),
             State::Stopping(After::Remove(_)) => {
                 let _ = reply.send(Err(SupervisorError::NoSuchChild {
-                    path: slot.shared.path.to_string(),
+                    path: slot.shared.path().to_string(),
                 }));
             }
             // Already on its way down and back up, or queued to start.
@@ -996,7 +1027,7 @@ impl Core {
         kind: MessageType,
     ) -> Result<(), SupervisorError> {
         let slot = &self.slots[self.key_of(name)?];
-        let path = || slot.shared.path.to_string();
+        let path = || slot.shared.path().to_string();
         let mailbox = match &slot.shared.mailbox {
             Some(mailbox) if mailbox.accepts == kind => mailbox,
             other => {
@@ -1024,11 +1055,11 @@ impl Core {
         let slot = &self.slots[self.key_of(name)?];
         if !slot.spec.is_supervisor {
             return Err(SupervisorError::NotASupervisor {
-                path: slot.shared.path.to_string(),
+                path: slot.shared.path().to_string(),
             });
         }
         nested_handle(&slot.shared).ok_or_else(|| SupervisorError::NotRunning {
-            path: slot.shared.path.to_string(),
+            path: slot.shared.path().to_string(),
         })
     }
 
@@ -1081,43 +1112,5 @@ impl Drop for Core {
             }
         }
         self.children_token.cancel();
-    }
-}
-
-/// One run of a child: its function, contained, then the tasks it spawned, then the report.
-async fn run_child(run: RunFn, ctx: Context) {
-    /// Aborting this task must abort the tasks it spawned too.
-    struct CloseSpawned(Context);
-    impl Drop for CloseSpawned {
-        fn drop(&mut self) {
-            self.0.run().close_spawned();
-        }
-    }
-    let _close_spawned = CloseSpawned(ctx.clone());
-    let outcome = AssertUnwindSafe(async { run(ctx.clone()).await })
-        .catch_unwind()
-        .await;
-    let state = ctx.run();
-    let reason = exit_reason(outcome, state.token.is_cancelled());
-    if let ExitReason::Failed(_) | ExitReason::Panicked(_) = &reason {
-        tracing::warn!("{reason}");
-    }
-    state.token.cancel();
-    state.drain_spawned().await;
-    ctx.supervisor().notify(Msg::Exited {
-        key: state.key,
-        generation: state.generation,
-        reason,
-    });
-}
-
-/// The text of a panic's payload.
-pub(crate) fn panic_message(payload: Box<dyn Any + Send>) -> String {
-    match payload.downcast::<String>() {
-        Ok(text) => *text,
-        Err(payload) => match payload.downcast::<&'static str>() {
-            Ok(text) => (*text).to_owned(),
-            Err(_) => "a panic with a non-string payload".to_owned(),
-        },
     }
 }

@@ -16,7 +16,7 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, SupervisorError>>;
 pub(super) struct Slot {
     /// Position in the start order; never reused.
     pub(super) seq: u64,
-    pub(super) spec: ChildSpec,
+    pub(super) spec: Arc<ChildSpec>,
     pub(super) shared: Arc<SlotShared>,
     pub(super) state: State,
     /// Identifies the current run, or the current backoff; messages and timers that carry an
@@ -58,7 +58,7 @@ pub(super) enum After {
 }
 
 impl Slot {
-    pub(super) fn new(seq: u64, spec: ChildSpec, shared: Arc<SlotShared>) -> Self {
+    pub(super) fn new(seq: u64, spec: Arc<ChildSpec>, shared: Arc<SlotShared>) -> Self {
         Self {
             seq,
             spec,
@@ -95,7 +95,7 @@ impl Slot {
         };
         ChildStatus {
             name: Arc::clone(&self.shared.name),
-            path: Arc::clone(&self.shared.path),
+            path: Arc::clone(self.shared.path()),
             state,
             restarts: self.restarts,
             uptime: self

@@ -1,0 +1,80 @@
+//! One run of a child, as a task: its function contained, the tasks it spawned drained, and the
+//! outcome reported to its supervisor.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use tokio::task::AbortHandle;
+use tracing::Instrument;
+
+use super::core::Msg;
+use super::exit::panic_message;
+use super::{BoxError, Context, ExitReason};
+
+/// Spawns `run(ctx)` as a task. Generic, so the child's future sits in the task unboxed; the
+/// `tracing` span is attached only when something listens for it.
+pub(crate) fn spawn<F, Fut, E>(run: Arc<F>, ctx: Context) -> AbortHandle
+where
+    F: Fn(Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<BoxError> + 'static,
+{
+    let span = tracing::info_span!("child", path = %ctx.run().slot.path());
+    let task = run_child(run, ctx);
+    if span.is_disabled() {
+        tokio::spawn(task).abort_handle()
+    } else {
+        tokio::spawn(task.instrument(span)).abort_handle()
+    }
+}
+
+/// The run itself: the function, contained, then the tasks it spawned, then the report.
+async fn run_child<F, Fut, E>(run: Arc<F>, ctx: Context)
+where
+    F: Fn(Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<BoxError> + 'static,
+{
+    /// Aborting this task must abort the tasks it spawned too.
+    struct CloseSpawned(Context);
+    impl Drop for CloseSpawned {
+        fn drop(&mut self) {
+            self.0.run().close_spawned();
+        }
+    }
+    let _close_spawned = CloseSpawned(ctx.clone());
+    // The call is inside the contained future: a panic before the first `.await` is caught too.
+    let outcome = AssertUnwindSafe(async { run(ctx.clone()).await.map_err(Into::into) })
+        .catch_unwind()
+        .await;
+    let state = ctx.run();
+    let reason = exit_reason(outcome, state.token.is_cancelled());
+    if let ExitReason::Failed(_) | ExitReason::Panicked(_) = &reason {
+        tracing::warn!("{reason}");
+    }
+    if !state.token.is_cancelled() {
+        // The tasks it spawned stop with it.
+        state.token.cancel();
+    }
+    state.drain_spawned().await;
+    ctx.supervisor().notify(Msg::Exited {
+        key: state.key,
+        generation: state.generation,
+        reason,
+    });
+}
+
+/// How the outcome of a child's function maps to its exit reason.
+fn exit_reason(
+    outcome: Result<Result<(), BoxError>, Box<dyn std::any::Any + Send>>,
+    asked_to_stop: bool,
+) -> ExitReason {
+    match outcome {
+        Ok(Ok(())) if asked_to_stop => ExitReason::Shutdown,
+        Ok(Ok(())) => ExitReason::Normal,
+        Ok(Err(err)) => ExitReason::failed(super::error::chain(&*err)),
+        Err(payload) => ExitReason::Panicked(panic_message(payload).into()),
+    }
+}

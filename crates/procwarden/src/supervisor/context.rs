@@ -175,7 +175,7 @@ impl Context {
 
     /// The child's path from the root of the tree, such as `root/db/pool`.
     pub fn path(&self) -> &str {
-        &self.inner.slot.path()
+        self.inner.slot.path()
     }
 
     /// Tells the supervisor that the child can serve. Only the first call counts.

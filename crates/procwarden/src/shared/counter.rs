@@ -48,7 +48,7 @@ impl RefCounter {
         for probe in 0..PROBES {
             let key = identity.key(probe);
             if let Some(id) = open_key(key)?
-                && let Some(counter) = verify(id, key, &identity, dir)?
+                && let Found::Ours(counter) = verify(id, key, &identity, dir)?
             {
                 return Ok(Some(counter));
             }
@@ -64,15 +64,16 @@ impl RefCounter {
         let mut free = None;
         for probe in 0..PROBES {
             let key = identity.key(probe);
-            match open_key(key)? {
-                Some(id) => {
-                    if let Some(counter) = verify(id, key, &identity, dir)? {
-                        return Ok(Opened::Found(counter));
-                    }
-                }
-                None => {
+            let found = match open_key(key)? {
+                Some(id) => verify(id, key, &identity, dir)?,
+                None => Found::Gone,
+            };
+            match found {
+                Found::Ours(counter) => return Ok(Opened::Found(counter)),
+                Found::Gone => {
                     free.get_or_insert(key);
                 }
+                Found::Other => {}
             }
         }
         let Some(key) = free else {
@@ -106,11 +107,13 @@ impl RefCounter {
         }))
     }
 
-    /// The number of live handles.
+    /// The number of live handles; 0 once the set has been removed.
     pub fn count(&self) -> Result<u32, SharedError> {
-        sysv::get(self.id, sem::COUNT)
-            .map(u32::from)
-            .map_err(|err| self.error("reading the count", err))
+        match sysv::get(self.id, sem::COUNT) {
+            Ok(count) => Ok(count.into()),
+            Err(err) if sysv::is_removed(&err) => Ok(0),
+            Err(err) => Err(self.error("reading the count", err)),
+        }
     }
 
     /// The IPC key of the set.
@@ -276,28 +279,39 @@ fn open_key(key: i32) -> Result<Option<i32>, SharedError> {
         .map_err(|err| SharedError::io("opening a semaphore set", format!("key {key:#010x}"), err))
 }
 
-/// Checks the set at `key`: ours (returned), another service's that shares the key (`None`), or
-/// one nobody may trust (an error).
-fn verify(
-    id: i32,
-    key: i32,
-    identity: &Identity,
-    dir: &StateDir,
-) -> Result<Option<RefCounter>, SharedError> {
+/// What is at a key.
+enum Found {
+    Ours(RefCounter),
+    /// Another service's set (or another program's) that landed on the same key.
+    Other,
+    /// Nothing, or a set removed while we looked at it.
+    Gone,
+}
+
+/// Checks the set at `key`: ours, another's, gone, or one nobody may trust (an error).
+fn verify(id: i32, key: i32, identity: &Identity, dir: &StateDir) -> Result<Found, SharedError> {
     let foreign = |reason: String| SharedError::ForeignIpc {
         name: identity.name().to_owned(),
         key,
         id,
         reason,
     };
-    let ipc = |err| {
-        SharedError::io(
-            "inspecting a semaphore set",
-            format!("key {key:#010x}"),
-            err,
-        )
+    // Its keeper may remove it while we look: then it is gone, not an error.
+    let ipc = |err: std::io::Error| {
+        if sysv::is_removed(&err) {
+            Ok(Found::Gone)
+        } else {
+            Err(SharedError::io(
+                "inspecting a semaphore set",
+                format!("key {key:#010x}"),
+                err,
+            ))
+        }
     };
-    let mut stat = sysv::stat(id).map_err(ipc)?;
+    let mut stat = match sysv::stat(id) {
+        Ok(stat) => stat,
+        Err(err) => return ipc(err),
+    };
     let me = rustix::process::getuid().as_raw();
     if stat.uid != me {
         return Err(foreign(format!(
@@ -313,7 +327,7 @@ fn verify(
     }
     if stat.nsems != sem::COUNT_OF_SEMS as u64 {
         // Another program's set of ours at a colliding key: try the next key.
-        return Ok(None);
+        return Ok(Found::Other);
     }
     // A creator initialises its set within microseconds; give it a moment.
     for _ in 0..200 {
@@ -321,19 +335,25 @@ fn verify(
             break;
         }
         std::thread::sleep(Duration::from_millis(5));
-        stat = sysv::stat(id).map_err(ipc)?;
+        stat = match sysv::stat(id) {
+            Ok(stat) => stat,
+            Err(err) => return ipc(err),
+        };
     }
     if stat.otime == 0 {
         // Its creator died before initialising it (we hold the directory lock it held).
         let _ = sysv::remove(id);
-        return Ok(None);
+        return Ok(Found::Gone);
     }
-    let values = sysv::get_all(id).map_err(ipc)?;
+    let values = match sysv::get_all(id) {
+        Ok(values) => values,
+        Err(err) => return ipc(err),
+    };
     let tag = &values[sem::TAG as usize..];
     if tag != identity.tag() {
-        return Ok(None);
+        return Ok(Found::Other);
     }
-    Ok(Some(RefCounter {
+    Ok(Found::Ours(RefCounter {
         id,
         key,
         identity: identity.clone(),

@@ -142,7 +142,11 @@ fn keeper_main(id: i32, linger: libc::timespec, state_path: *const libc::c_char)
             wait(id, &mut [op(sem::LOCK, -1, UNDO)], None);
             continue;
         }
-        stop_recorded(state_path);
+        if !stop_recorded(state_path) {
+            // It may still run: keep its record and set, so the next user stops it first.
+            wait(id, &mut [op(sem::LOCK, -1, UNDO)], None);
+            exit();
+        }
         // SAFETY: unlink of a NUL-terminated path; semctl IPC_RMID takes no pointer.
         unsafe {
             libc::unlink(state_path);
@@ -231,31 +235,36 @@ pub(crate) fn parse_recorded(text: &[u8]) -> Option<Recorded> {
     (recorded.pid > 0).then_some(recorded)
 }
 
-/// Stops the process the state file records, if it is still the same process.
-fn stop_recorded(state_path: *const libc::c_char) {
+/// Stops the process the state file records, if it is still the same process; false when it
+/// may still be running (then the record and the set are kept for the next user to recover).
+fn stop_recorded(state_path: *const libc::c_char) -> bool {
     let mut buffer = [0u8; 4096];
     let Some(length) = read_file(state_path, &mut buffer) else {
-        return;
+        return true;
     };
     let Some(recorded) = parse_recorded(&buffer[..length]) else {
-        return;
+        return true;
     };
     // SAFETY: pidfd_open takes integers.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, recorded.pid, 0) } as i32;
-    if pidfd < 0 {
-        return;
+    if pidfd < 0 && errno() == libc::ESRCH {
+        return true;
     }
+    // With a pidfd it holds the recorded process; without one (an old kernel, a seccomp
+    // filter), the start time is checked again before each signal.
     if start_time(recorded.pid) != Some(recorded.start_time) {
-        // SAFETY: closes the pidfd we opened.
-        unsafe { libc::close(pidfd) };
-        return;
+        close(pidfd);
+        return true;
     }
     let send = |signal: i32| {
+        if pidfd < 0 && start_time(recorded.pid) != Some(recorded.start_time) {
+            return;
+        }
         // SAFETY: kill and pidfd_send_signal take integers (and a null siginfo).
         unsafe {
             if recorded.group {
                 libc::kill(-recorded.pid, signal);
-            } else {
+            } else if pidfd >= 0 {
                 libc::syscall(
                     libc::SYS_pidfd_send_signal,
                     pidfd,
@@ -263,22 +272,55 @@ fn stop_recorded(state_path: *const libc::c_char) {
                     std::ptr::null::<u8>(),
                     0,
                 );
+            } else {
+                libc::kill(recorded.pid, signal);
             }
         }
     };
-    send(recorded.stop_signal);
-    if !exited(pidfd, recorded.stop_timeout_ms) {
-        send(libc::SIGKILL);
-        exited(pidfd, AFTER_KILL_MS);
-    }
-    // SAFETY: as above; the group id stays reserved while members remain, so this reaches only
-    // what the leader left behind.
-    unsafe {
-        if recorded.group {
-            libc::kill(-recorded.pid, libc::SIGKILL);
+    let gone = |timeout_ms: i32| {
+        if pidfd >= 0 {
+            exited(pidfd, timeout_ms)
+        } else {
+            exited_by_proc(recorded.pid, recorded.start_time, timeout_ms)
         }
-        libc::close(pidfd);
+    };
+    send(recorded.stop_signal);
+    let mut stopped = gone(recorded.stop_timeout_ms);
+    if !stopped {
+        send(libc::SIGKILL);
+        stopped = gone(AFTER_KILL_MS);
     }
+    if recorded.group {
+        // SAFETY: kill takes integers; the group id stays reserved while members remain, so
+        // this reaches only what the leader left behind.
+        unsafe { libc::kill(-recorded.pid, libc::SIGKILL) };
+    }
+    close(pidfd);
+    stopped
+}
+
+fn close(fd: i32) {
+    if fd >= 0 {
+        // SAFETY: closes a descriptor this process opened and owns.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Without a pidfd: watches `/proc` until the process has exited (gone, a zombie, or its PID
+/// reused), checking every 10 ms, up to `timeout_ms`.
+fn exited_by_proc(pid: i32, started: u64, timeout_ms: i32) -> bool {
+    let step = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 10_000_000,
+    };
+    for _ in 0..=timeout_ms / 10 {
+        if start_time(pid) != Some(started) || is_zombie(pid) {
+            return true;
+        }
+        // SAFETY: nanosleep reads one timespec from the stack.
+        unsafe { libc::nanosleep(&step, std::ptr::null_mut()) };
+    }
+    start_time(pid) != Some(started) || is_zombie(pid)
 }
 
 /// Waits up to `timeout_ms` for the pidfd to turn readable (its process exited).
@@ -327,6 +369,16 @@ fn read_file(path: *const libc::c_char, buffer: &mut [u8]) -> Option<usize> {
 
 /// The start time of `pid` from `/proc/PID/stat`, read without allocating.
 fn start_time(pid: i32) -> Option<u64> {
+    proc_stat(pid).map(|info| info.start_time)
+}
+
+/// Whether `pid` has exited and waits to be reaped.
+fn is_zombie(pid: i32) -> bool {
+    proc_stat(pid).is_some_and(|info| info.zombie)
+}
+
+/// `/proc/PID/stat`, read and parsed without allocating.
+fn proc_stat(pid: i32) -> Option<super::ProcInfo> {
     let mut path = [0u8; 32];
     let prefix = b"/proc/";
     path[..prefix.len()].copy_from_slice(prefix);
@@ -351,7 +403,7 @@ fn start_time(pid: i32) -> Option<u64> {
     let mut buffer = [0u8; 1024];
     let length = read_file(path.as_ptr().cast(), &mut buffer)?;
     let text = std::str::from_utf8(&buffer[..length]).ok()?;
-    super::linux::parse_stat(text).map(|info| info.start_time)
+    super::linux::parse_stat(text)
 }
 
 #[cfg(test)]

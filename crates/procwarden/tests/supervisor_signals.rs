@@ -124,10 +124,10 @@ impl Scenario {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 // libtest may print "test name ... " on the same line before ours.
-                if let Some(at) = line.find("PW:") {
-                    if tx.send(line[at + 3..].to_owned()).is_err() {
-                        break;
-                    }
+                if let Some(at) = line.find("PW:")
+                    && tx.send(line[at + 3..].to_owned()).is_err()
+                {
+                    break;
                 }
             }
         });

@@ -12,6 +12,25 @@ use crate::supervisor::BoxError;
 /// Reports the status of a spawned service once a thread of this process has reaped it.
 pub(crate) type Exit = tokio::sync::oneshot::Receiver<std::process::ExitStatus>;
 
+/// Why a start failed when the process ended before it was ready.
+pub(crate) fn exited_early(
+    status: Option<std::process::ExitStatus>,
+    log: &std::path::Path,
+) -> BoxError {
+    match status {
+        Some(status) => format!(
+            "it exited before it was ready ({}); see its log {}",
+            describe(status),
+            log.display()
+        ),
+        None => format!(
+            "it exited before it was ready; see its log {}",
+            log.display()
+        ),
+    }
+    .into()
+}
+
 /// A process's end, in words: "exit status 127", "killed by SIGKILL".
 fn describe(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
@@ -176,15 +195,7 @@ impl ServiceCommand {
         };
         tokio::select! {
             () = probe => Ok(()),
-            status = exit => Err(match status {
-                Ok(status) => format!(
-                    "it exited before it was ready ({}); see its log {}",
-                    describe(status),
-                    log.display()
-                ),
-                Err(_) => format!("it exited before it was ready; see its log {}", log.display()),
-            }
-            .into()),
+            status = exit => Err(exited_early(status.ok(), log)),
             () = tokio::time::sleep(self.ready_timeout) => Err(format!(
                 "it was not ready within {:?} ({})",
                 self.ready_timeout,

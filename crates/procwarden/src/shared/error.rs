@@ -68,9 +68,6 @@ pub enum SharedError {
         /// Why.
         reason: String,
     },
-    /// This platform has no backend for shared services yet.
-    #[error("shared services are not supported on this platform yet")]
-    Unsupported,
     /// An operating-system call failed.
     #[error("{context} ({path}): {source}")]
     Io {

@@ -17,15 +17,17 @@
 //!   the state file is written atomically (0600, no links followed) in a 0700 directory owned by
 //!   the user; once the service is stopped and unused, its set and files are gone.
 //!
-//! Available on Linux (System V semaphores). A portable backend on file locks, for macOS and the
-//! BSDs, is not written yet: there [`SharedService::acquire`] returns
-//! [`SharedError::Unsupported`].
+//! [`SharedService`] is available on Linux (System V semaphores). A portable backend on file
+//! locks, for macOS and the BSDs, is not written yet; there this module offers only its
+//! descriptive types ([`StateDir`], [`ServiceCommand`], [`Readiness`], [`SharedError`]).
 
 mod error;
 mod state_dir;
 
 #[cfg(target_os = "linux")]
 mod admin;
+// The types describe a service on every Unix; starting one needs a backend (Linux so far).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 mod command;
 #[cfg(target_os = "linux")]
 mod counter;

@@ -522,7 +522,11 @@ impl Inner {
     async fn start_command(&self, command: &ServiceCommand) -> Result<ServiceInfo, BoxError> {
         let log = self.dir.log_file(&self.name);
         let (pid, exit) = command.spawn(&log)?;
-        let process = ProcessRef::new(Pid::try_from(pid)?)?;
+        let process = match ProcessRef::new(Pid::try_from(pid)?) {
+            Ok(process) => process,
+            // Gone already (a missing program exits at once): its reaper has the status.
+            Err(_) => return Err(super::command::exited_early(exit.await.ok(), &log)),
+        };
         let me = ProcessRef::new(Pid::this())?;
         let path = self.dir.state_file(&self.name);
         let mut state = self.state_for(Some(&process), &me, &ServiceInfo::with_pid(pid));

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use slab::Slab;
 use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -83,6 +84,12 @@ pub(crate) struct StatusReport {
 pub(crate) struct SlotReport {
     pub(crate) status: ChildStatus,
     pub(crate) nested: Option<SupervisorHandle>,
+}
+
+/// A run whose context is made and whose task is not spawned yet.
+struct Prepared {
+    ctx: Context,
+    token: CancellationToken,
 }
 
 /// What woke the event loop.
@@ -214,10 +221,14 @@ impl Core {
                         .expect("names checked by the builder")
                 })
                 .collect();
-            for key in keys {
-                self.queue_start(key);
+            if definition.dynamic {
+                self.start_burst(&keys);
+            } else {
+                for key in keys {
+                    self.queue_start(key);
+                }
+                self.pump();
             }
-            self.pump();
             let outcome = self.event_loop().await;
             match &outcome {
                 Ok(()) => tracing::debug!("stopped"),
@@ -419,9 +430,35 @@ impl Core {
     }
 
     fn start(&mut self, key: usize) {
+        let now = Instant::now();
+        let prepared = self.prepare(key, now);
+        let abort = (self.slots[key].spec.launch)(prepared.ctx);
+        self.commit(key, abort, prepared.token, now);
+    }
+
+    /// Starts a pool's first children in three passes — make every context, spawn every task,
+    /// then do the bookkeeping — so that the spawns come back to back and the runtime's other
+    /// workers keep stealing them instead of parking and being woken for each one.
+    fn start_burst(&mut self, keys: &[usize]) {
+        let now = Instant::now();
+        let prepared: Vec<Prepared> = keys.iter().map(|&key| self.prepare(key, now)).collect();
+        let launched: Vec<(usize, AbortHandle, CancellationToken)> = prepared
+            .into_iter()
+            .zip(keys)
+            .map(|(prepared, &key)| {
+                let abort = (self.slots[key].spec.launch)(prepared.ctx);
+                (key, abort, prepared.token)
+            })
+            .collect();
+        for (key, abort, token) in launched {
+            self.commit(key, abort, token, now);
+        }
+    }
+
+    /// A new run's context, not yet spawned.
+    fn prepare(&mut self, key: usize, now: Instant) -> Prepared {
         let generation = self.next_generation();
         let token = self.children_token.child_token();
-        let now = Instant::now();
         let slot = &mut self.slots[key];
         slot.generation = generation;
         slot.since = Some(now);
@@ -432,7 +469,13 @@ impl Core {
             token.clone(),
             Arc::clone(&self.handle),
         ));
-        let abort = (slot.spec.launch)(ctx);
+        Prepared { ctx, token }
+    }
+
+    /// Records a run just spawned: it is live, and starting or, if it reports no readiness, ready.
+    fn commit(&mut self, key: usize, abort: AbortHandle, token: CancellationToken, now: Instant) {
+        let slot = &mut self.slots[key];
+        let generation = slot.generation;
         slot.live = Some(Live { abort, token });
         self.live += 1;
         self.emit(key, || EventKind::Starting);

@@ -680,7 +680,7 @@ mod linux {
             }
         }
         if let Some(counter) = scratch.set() {
-            fail(&format!("semaphore set {} left behind", counter.id()));
+            fail(&format!("counter left behind: {counter:?}"));
         }
         if scratch.state_file().exists() {
             fail("state file left behind");

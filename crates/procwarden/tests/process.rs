@@ -188,3 +188,26 @@ fn signals_by_name_and_number() {
     let err = "NOPE".parse::<Signal>().unwrap_err().to_string();
     assert!(err.contains("NOPE"), "{err}");
 }
+
+#[tokio::test]
+async fn stop_group_returns_only_once_every_member_has_exited() {
+    // The leader exits on SIGTERM at once; a member ignores it and holds on until SIGKILL.
+    let (child, mut out) = spawn_shell(
+        "(trap '' TERM; exec sleep 600) & echo $!; trap 'exit 0' TERM; echo ready; wait",
+    );
+    let member: Pid = read_line(&mut out).parse().unwrap();
+    assert_eq!(read_line(&mut out), "ready");
+    let leader = ProcessRef::from_child(&child).unwrap();
+    let member = ProcessRef::new(member).unwrap();
+    let outcome = tokio::time::timeout(
+        BOUND,
+        leader.stop_group(Signal::TERM, Duration::from_secs(10)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(outcome, StopOutcome::Exited);
+    // Not "soon after": at the moment stop_group returns (what it held, a port, is free).
+    assert!(!member.is_alive(), "a member outlived the group stop");
+    cleanup(child);
+}

@@ -1,5 +1,6 @@
 //! Shared services across real processes: one instance, a kernel-kept count, stops on last
-//! release and on SIGKILL of the last user, no leaks.
+//! release and on SIGKILL of the last user, no leaks. Every scenario runs once per backend:
+//! `sysv::…` and `files::…`.
 #![cfg(target_os = "linux")]
 
 use std::io::{BufRead, BufReader, Write};
@@ -8,21 +9,80 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use procwarden::process::{Pid, ProcessRef};
-use procwarden::shared::{RefCounter, ServiceInfo, SharedError, SharedService, StateDir};
+use procwarden::shared::{
+    BACKEND_ENV, Backend, RefCounter, ServiceInfo, SharedError, SharedService, StateDir,
+};
 
 const BOUND: Duration = Duration::from_secs(60);
+
+/// Runs each scenario once per backend, as `sysv::NAME` and `files::NAME`.
+macro_rules! on_each_backend {
+    ($($kind:ident $test:ident),* $(,)?) => {
+        on_each_backend!(@backend sysv, Backend::SystemV; $($kind $test),*);
+        on_each_backend!(@backend files, Backend::FileLocks; $($kind $test),*);
+    };
+    (@backend $module:ident, $backend:expr; $($kind:ident $test:ident),*) => {
+        mod $module {
+            use super::*;
+            $(
+                #[test]
+                fn $test() {
+                    on_each_backend!(@run $kind super::$test($backend));
+                }
+            )*
+        }
+    };
+    (@run sync $call:expr) => {
+        $call
+    };
+    (@run async $call:expr) => {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on($call)
+    };
+}
+
+on_each_backend! {
+    async the_first_acquire_starts_and_the_last_release_stops,
+    sync twenty_users_racing_from_zero_start_it_once,
+    sync sigkill_of_the_last_user_stops_it_with_nobody_acquiring,
+    sync a_quick_next_user_finds_it_warm_within_the_linger,
+    sync a_user_back_within_the_linger_gets_a_whole_linger_again,
+    sync the_count_follows_holders_that_die,
+    async a_failed_start_leaves_nothing_and_the_next_user_retries,
+    async a_dead_service_is_recovered_once,
+    async a_command_is_ready_when_its_port_answers,
+    async a_command_that_exits_or_is_never_ready_fails_and_leaves_nothing,
+    async sigkill_of_the_starting_user_lets_the_next_one_start_it_once,
+    async an_acquire_racing_a_slow_stop_waits_for_it_then_starts_fresh,
+    async stop_now_stops_a_held_service_and_cleans_up,
+}
+
+/// The value of [`BACKEND_ENV`] that selects `backend` in a child process.
+fn env_value(backend: Backend) -> &'static str {
+    match backend {
+        Backend::SystemV => "sysv",
+        _ => "files",
+    }
+}
 
 /// A private state directory, removed (with a check that nothing leaked) at the end.
 struct Scratch {
     dir: PathBuf,
+    backend: Backend,
 }
 
 impl Scratch {
-    fn new(test: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("procwarden-shared-{test}-{}", std::process::id()));
+    fn new(test: &str, backend: Backend) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "procwarden-shared-{test}-{}-{}",
+            env_value(backend),
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
-        Self { dir }
+        Self { dir, backend }
     }
 
     fn state_dir(&self) -> StateDir {
@@ -37,19 +97,23 @@ impl Scratch {
             .collect()
     }
 
-    /// Waits until the service is stopped and unused: no set, no state file.
+    /// Waits until the service is stopped and unused: no set, no state file, no lock files.
     fn assert_clean(&self, name: &str) {
         let state_dir = self.state_dir();
         let deadline = std::time::Instant::now() + BOUND;
         loop {
             let set = RefCounter::find(&state_dir, name).unwrap();
-            let state = self.dir.join(format!("{name}.state")).exists();
-            if set.is_none() && !state {
+            let files: Vec<String> = ["state", "lock", "holders", "keeper", "gen", "holders.d"]
+                .iter()
+                .map(|suffix| format!("{name}.{suffix}"))
+                .filter(|file| std::fs::symlink_metadata(self.dir.join(file)).is_ok())
+                .collect();
+            if set.is_none() && files.is_empty() {
                 return;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "left behind: set {set:?}, state file {state}"
+                "left behind: set {set:?}, files {files:?}"
             );
             // The keeper acts on its own; there is no event in this process to wait on.
             std::thread::sleep(Duration::from_millis(20));
@@ -64,9 +128,16 @@ impl Drop for Scratch {
 }
 
 /// The service every test shares: a `sleep` in its own process group, reaped by a thread.
-fn service(dir: StateDir, name: &str, starts: PathBuf, linger: Duration) -> SharedService {
+fn service(
+    dir: StateDir,
+    name: &str,
+    starts: PathBuf,
+    linger: Duration,
+    backend: Backend,
+) -> SharedService {
     SharedService::builder(name)
         .state_dir(dir)
+        .backend(backend)
         .linger(linger)
         .stop_timeout(Duration::from_secs(5))
         .stop_group(true)
@@ -93,8 +164,9 @@ fn service(dir: StateDir, name: &str, starts: PathBuf, linger: Duration) -> Shar
 
 use std::os::unix::process::CommandExt;
 
-/// Runs as a user in a re-executed copy of this binary: acquires, prints "held PID", waits for a
-/// line on stdin (or its end), releases, prints "released".
+/// Runs as a user in a re-executed copy of this binary: acquires (with the backend the
+/// environment chooses), prints "held PID", waits for a line on stdin (or its end), releases,
+/// prints "released".
 #[test]
 fn user_role() {
     let Some(dir) = std::env::var_os("PROCWARDEN_TEST_USER_DIR") else {
@@ -118,6 +190,7 @@ fn user_role() {
             &name,
             dir.join("starts"),
             linger,
+            Backend::from_env(),
         );
         let handle = svc.acquire().await.unwrap();
         println!("held {}", handle.pid().unwrap());
@@ -148,6 +221,7 @@ impl User {
             .env("PROCWARDEN_TEST_USER_DIR", &scratch.dir)
             .env("PROCWARDEN_TEST_USER_NAME", name)
             .env("PROCWARDEN_TEST_LINGER_MS", linger.as_millis().to_string())
+            .env(BACKEND_ENV, env_value(scratch.backend))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -202,14 +276,14 @@ fn service_process(pid: Pid) -> ProcessRef {
     ProcessRef::new(pid).expect("the service runs")
 }
 
-#[tokio::test]
-async fn the_first_acquire_starts_and_the_last_release_stops() {
-    let scratch = Scratch::new("basic");
+async fn the_first_acquire_starts_and_the_last_release_stops(backend: Backend) {
+    let scratch = Scratch::new("basic", backend);
     let svc = service(
         scratch.state_dir(),
         "basic",
         scratch.dir.join("starts"),
         Duration::ZERO,
+        backend,
     );
     let first = svc.acquire().await.unwrap();
     let second = svc.acquire().await.unwrap();
@@ -225,9 +299,8 @@ async fn the_first_acquire_starts_and_the_last_release_stops() {
     scratch.assert_clean("basic");
 }
 
-#[test]
-fn twenty_users_racing_from_zero_start_it_once() {
-    let scratch = Scratch::new("race");
+fn twenty_users_racing_from_zero_start_it_once(backend: Backend) {
+    let scratch = Scratch::new("race", backend);
     let mut users: Vec<User> = (0..20)
         .map(|_| User::spawn(&scratch, "race", Duration::ZERO))
         .collect();
@@ -245,9 +318,8 @@ fn twenty_users_racing_from_zero_start_it_once() {
     scratch.assert_clean("race");
 }
 
-#[test]
-fn sigkill_of_the_last_user_stops_it_with_nobody_acquiring() {
-    let scratch = Scratch::new("killed");
+fn sigkill_of_the_last_user_stops_it_with_nobody_acquiring(backend: Backend) {
+    let scratch = Scratch::new("killed", backend);
     let linger = Duration::from_millis(200);
     let mut user = User::spawn(&scratch, "killed", linger);
     let process = service_process(user.held_pid());
@@ -257,9 +329,8 @@ fn sigkill_of_the_last_user_stops_it_with_nobody_acquiring() {
     scratch.assert_clean("killed");
 }
 
-#[test]
-fn a_quick_next_user_finds_it_warm_within_the_linger() {
-    let scratch = Scratch::new("warm");
+fn a_quick_next_user_finds_it_warm_within_the_linger(backend: Backend) {
+    let scratch = Scratch::new("warm", backend);
     let linger = Duration::from_secs(2);
     let mut first = User::spawn(&scratch, "warm", linger);
     let pid = first.held_pid();
@@ -275,11 +346,72 @@ fn a_quick_next_user_finds_it_warm_within_the_linger() {
     scratch.assert_clean("warm");
 }
 
-#[tokio::test]
-async fn a_failed_start_leaves_nothing_and_the_next_user_retries() {
-    let scratch = Scratch::new("failed");
+fn a_user_back_within_the_linger_gets_a_whole_linger_again(backend: Backend) {
+    let scratch = Scratch::new("relinger", backend);
+    let linger = Duration::from_secs(4);
+    let mut first = User::spawn(&scratch, "relinger", linger);
+    let pid = first.held_pid();
+    first.release();
+    let first_left = std::time::Instant::now();
+    let process = service_process(pid);
+    // Halfway through the linger, a second user comes and goes.
+    std::thread::sleep(linger / 2);
+    let mut second = User::spawn(&scratch, "relinger", linger);
+    assert_eq!(second.held_pid(), pid, "same instance");
+    second.release();
+    // The first user's linger is over; the second's (which began at least `linger / 2` later)
+    // is not, so the service still runs.
+    let check = first_left + linger + Duration::from_millis(500);
+    std::thread::sleep(check.saturating_duration_since(std::time::Instant::now()));
+    assert!(
+        process.is_alive(),
+        "the linger runs from the last departure"
+    );
+    assert_eq!(scratch.starts().len(), 1);
+    assert!(
+        process.wait_blocking(Some(BOUND)),
+        "stopped after the linger"
+    );
+    scratch.assert_clean("relinger");
+}
+
+fn the_count_follows_holders_that_die(backend: Backend) {
+    let scratch = Scratch::new("count", backend);
+    let svc = service(
+        scratch.state_dir(),
+        "count",
+        scratch.dir.join("starts"),
+        Duration::ZERO,
+        backend,
+    );
+    let mut first = User::spawn(&scratch, "count", Duration::ZERO);
+    let mut second = User::spawn(&scratch, "count", Duration::ZERO);
+    let pid = first.held_pid();
+    assert_eq!(second.held_pid(), pid, "one instance");
+    assert_eq!(svc.holders().unwrap(), 2);
+    first.kill();
+    assert_eq!(
+        svc.holders().unwrap(),
+        1,
+        "the dead user's hold is given back"
+    );
+    let listed = procwarden::shared::list(&scratch.state_dir()).unwrap();
+    assert_eq!((listed.len(), listed[0].holders), (1, 1));
+    let process = service_process(pid);
+    assert!(process.is_alive(), "one holder is left");
+    second.release();
+    assert!(
+        process.wait_blocking(Some(BOUND)),
+        "stopped after the last release"
+    );
+    scratch.assert_clean("count");
+}
+
+async fn a_failed_start_leaves_nothing_and_the_next_user_retries(backend: Backend) {
+    let scratch = Scratch::new("failed", backend);
     let failing = SharedService::builder("failed")
         .state_dir(scratch.state_dir())
+        .backend(backend)
         .on_first_acquire(|| async { Err("the database refused to start".into()) })
         .build()
         .unwrap();
@@ -295,6 +427,7 @@ async fn a_failed_start_leaves_nothing_and_the_next_user_retries() {
         "failed",
         scratch.dir.join("starts"),
         Duration::ZERO,
+        backend,
     );
     let handle = tokio::time::timeout(BOUND, svc.acquire())
         .await
@@ -305,14 +438,14 @@ async fn a_failed_start_leaves_nothing_and_the_next_user_retries() {
     scratch.assert_clean("failed");
 }
 
-#[tokio::test]
-async fn a_dead_service_is_recovered_once() {
-    let scratch = Scratch::new("recover");
+async fn a_dead_service_is_recovered_once(backend: Backend) {
+    let scratch = Scratch::new("recover", backend);
     let svc = service(
         scratch.state_dir(),
         "recover",
         scratch.dir.join("starts"),
         Duration::ZERO,
+        backend,
     );
     let first = svc.acquire().await.unwrap();
     let old = service_process(Pid::try_from(first.pid().unwrap()).unwrap());
@@ -328,7 +461,7 @@ async fn a_dead_service_is_recovered_once() {
 
 #[test]
 fn a_state_dir_owned_by_someone_else_is_refused() {
-    let scratch = Scratch::new("foreign");
+    let scratch = Scratch::new("foreign", Backend::default());
     std::fs::create_dir_all(&scratch.dir).unwrap();
     std::os::unix::fs::chown(&scratch.dir, Some(65534), None).unwrap();
     let err = StateDir::at(&scratch.dir).unwrap_err().to_string();
@@ -349,7 +482,7 @@ fn a_state_dir_owned_by_someone_else_is_refused() {
 
 #[test]
 fn bad_names_are_refused_clearly() {
-    let scratch = Scratch::new("names");
+    let scratch = Scratch::new("names", Backend::default());
     for name in ["", "../x", ".hidden", "a/b", &"x".repeat(65)] {
         let err = SharedService::builder(name)
             .state_dir(scratch.state_dir())
@@ -400,15 +533,15 @@ fn tcp_service_script(port: u16) -> String {
 fn command_service(scratch: &Scratch, name: &str, command: ServiceCommand) -> SharedService {
     SharedService::builder(name)
         .state_dir(scratch.state_dir())
+        .backend(scratch.backend)
         .stop_timeout(Duration::from_secs(5))
         .command(command)
         .build()
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_command_is_ready_when_its_port_answers() {
-    let scratch = Scratch::new("tcp");
+async fn a_command_is_ready_when_its_port_answers(backend: Backend) {
+    let scratch = Scratch::new("tcp", backend);
     let port = free_port();
     let svc = command_service(
         &scratch,
@@ -434,9 +567,8 @@ async fn a_command_is_ready_when_its_port_answers() {
     scratch.assert_clean("tcp");
 }
 
-#[tokio::test]
-async fn a_command_that_exits_or_is_never_ready_fails_and_leaves_nothing() {
-    let scratch = Scratch::new("never");
+async fn a_command_that_exits_or_is_never_ready_fails_and_leaves_nothing(backend: Backend) {
+    let scratch = Scratch::new("never", backend);
     let port = free_port();
     let exits = command_service(
         &scratch,
@@ -486,6 +618,7 @@ fn stuck_starter_role() {
     runtime.block_on(async {
         let svc = SharedService::builder("stuck")
             .state_dir(StateDir::at(PathBuf::from(dir)).unwrap())
+            .backend(Backend::from_env())
             .command(
                 ServiceCommand::shell("exec sleep 600")
                     .ready(Readiness::Tcp {
@@ -500,14 +633,14 @@ fn stuck_starter_role() {
     });
 }
 
-#[tokio::test]
-async fn sigkill_of_the_starting_user_lets_the_next_one_start_it_once() {
-    let scratch = Scratch::new("stuck");
+async fn sigkill_of_the_starting_user_lets_the_next_one_start_it_once(backend: Backend) {
+    let scratch = Scratch::new("stuck", backend);
     let port = free_port();
     let mut starter = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "stuck_starter_role", "--test-threads=1", "-q"])
         .env("PROCWARDEN_TEST_STUCK_DIR", &scratch.dir)
         .env("PROCWARDEN_TEST_STUCK_PORT", port.to_string())
+        .env(BACKEND_ENV, env_value(backend))
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -550,9 +683,8 @@ async fn sigkill_of_the_starting_user_lets_the_next_one_start_it_once() {
     scratch.assert_clean("stuck");
 }
 
-#[tokio::test]
-async fn an_acquire_racing_a_slow_stop_waits_for_it_then_starts_fresh() {
-    let scratch = Scratch::new("slowstop");
+async fn an_acquire_racing_a_slow_stop_waits_for_it_then_starts_fresh(backend: Backend) {
+    let scratch = Scratch::new("slowstop", backend);
     let port = free_port();
     // Ignores SIGTERM: the stop takes its whole timeout, then SIGKILL.
     let script = format!(
@@ -562,6 +694,7 @@ async fn an_acquire_racing_a_slow_stop_waits_for_it_then_starts_fresh() {
     let make = || {
         SharedService::builder("slowstop")
             .state_dir(scratch.state_dir())
+            .backend(backend)
             .stop_timeout(Duration::from_millis(500))
             .command(ServiceCommand::shell(script.clone()).ready(Readiness::Tcp {
                 host: "127.0.0.1".into(),
@@ -594,14 +727,14 @@ async fn an_acquire_racing_a_slow_stop_waits_for_it_then_starts_fresh() {
     scratch.assert_clean("slowstop");
 }
 
-#[tokio::test]
-async fn stop_now_stops_a_held_service_and_cleans_up() {
-    let scratch = Scratch::new("stopnow");
+async fn stop_now_stops_a_held_service_and_cleans_up(backend: Backend) {
+    let scratch = Scratch::new("stopnow", backend);
     let svc = service(
         scratch.state_dir(),
         "stopnow",
         scratch.dir.join("starts"),
         Duration::ZERO,
+        backend,
     );
     let handle = svc.acquire().await.unwrap();
     let process = service_process(Pid::try_from(handle.pid().unwrap()).unwrap());

@@ -98,7 +98,28 @@ async fn stop_async(
     {
         return Err(ProcessError::Unkillable { pid: process.pid() });
     }
+    if let Target::Group = target {
+        // Until every member is gone, a new instance could not bind what they hold.
+        let mut delay = Duration::from_millis(1);
+        let deadline = tokio::time::Instant::now() + AFTER_KILL;
+        while group_runs(process) {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProcessError::Unkillable { pid: process.pid() });
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(20));
+        }
+    }
     Ok(outcome)
+}
+
+/// Whether a member of the group `process` led is still running. The kernel gives no handle on
+/// a group, so after SIGKILL this is checked with a short backoff.
+fn group_runs(process: &ProcessRef) -> bool {
+    #[cfg(target_os = "linux")]
+    return crate::sys::linux::group_has_live_members(process.pid().as_raw()).unwrap_or(false);
+    #[cfg(not(target_os = "linux"))]
+    return crate::sys::unix::group_exists(process.pid().as_raw());
 }
 
 fn stop_blocking(
@@ -119,6 +140,17 @@ fn stop_blocking(
     finish(process, target, outcome)?;
     if outcome == StopOutcome::Killed && !process.wait_blocking(Some(AFTER_KILL)) {
         return Err(ProcessError::Unkillable { pid: process.pid() });
+    }
+    if let Target::Group = target {
+        let deadline = std::time::Instant::now() + AFTER_KILL;
+        let mut delay = Duration::from_millis(1);
+        while group_runs(process) {
+            if std::time::Instant::now() >= deadline {
+                return Err(ProcessError::Unkillable { pid: process.pid() });
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_millis(20));
+        }
     }
     Ok(outcome)
 }

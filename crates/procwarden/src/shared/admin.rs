@@ -95,7 +95,7 @@ pub fn list(dir: &StateDir) -> Result<Vec<ServiceStatus>, SharedError> {
 }
 
 /// Stops the shared service `name` now, whoever holds it, and removes its state and IPC
-/// objects. Holders keep running; their handles' releases then find nothing to release.
+/// objects or lock files, whichever backend it uses. Holders keep running; their handles' releases then find nothing to release.
 /// Returns whether there was anything to stop.
 pub async fn stop_now(dir: &StateDir, name: &str) -> Result<bool, SharedError> {
     let Some(counter) = RefCounter::find(dir, name)? else {
@@ -105,7 +105,7 @@ pub async fn stop_now(dir: &StateDir, name: &str) -> Result<bool, SharedError> {
         return Ok(existed);
     };
     let counter = Arc::new(counter);
-    let guard = match Inner::lock(&counter).await? {
+    let guard = match Inner::lock(&counter, false).await? {
         Attempt::Done(guard) => guard,
         // Its keeper removed it meanwhile: stopped already.
         Attempt::Retry => return Ok(true),

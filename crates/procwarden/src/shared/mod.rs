@@ -6,44 +6,39 @@
 //! and keeps every promise it breaks:
 //!
 //! - **One instance**: per user, state directory and name, whatever the interleaving. "First"
-//!   and "last" are decided inside the same atomic semaphore operation that changes the count,
-//!   never by a separate read.
-//! - **Crash-proof count**: every hold is taken with `SEM_UNDO`, so the kernel gives back the
-//!   holds of a process that dies, SIGKILL included.
+//!   and "last" are decided under the lifecycle lock, or inside the same atomic semaphore
+//!   operation that changes the count, never by a separate read.
+//! - **Crash-proof count**: every hold is something the kernel gives back when its process dies,
+//!   SIGKILL included: a semaphore adjustment taken with `SEM_UNDO`, or a `flock`.
 //! - **Stopped when unused**: a keeper process blocks until the count is zero, waits out the
 //!   linger, and stops the service under the lifecycle lock, even if nobody acquires it again.
 //!   An acquire that races that stop waits for it, then starts a fresh instance.
-//! - **Private and tidy**: semaphore sets are mode 0600 and refused when owned by someone else;
-//!   the state file is written atomically (0600, no links followed) in a 0700 directory owned by
-//!   the user; once the service is stopped and unused, its set and files are gone.
+//! - **Private and tidy**: semaphore sets and lock files are mode 0600 and refused when owned by
+//!   someone else or open to others; the state file is written atomically (0600, no links
+//!   followed) in a 0700 directory owned by the user; once the service is stopped and unused,
+//!   its set or lock files and its state file are gone.
 //!
-//! [`SharedService`] is available on Linux (System V semaphores). A portable backend on file
-//! locks, for macOS and the BSDs, is not written yet; there this module offers only its
-//! descriptive types ([`StateDir`], [`ServiceCommand`], [`Readiness`], [`SharedError`]).
+//! Two [`Backend`]s keep these promises. On Linux the default is System V semaphores: joining or
+//! leaving a running service is one system call. The portable one, on `flock(2)` files in the
+//! state directory, is the only one on macOS and the BSDs, and is chosen on Linux with
+//! [`SharedServiceBuilder::backend`] or `PROCWARDEN_SHARED_BACKEND=files`; every acquire and
+//! release takes the lifecycle lock. All processes sharing a service must use the same backend.
+//! With file locks, a process that forks without `exec` lends its holds to the child until the
+//! child exits or execs (descriptors are close-on-exec); semaphore holds are not inherited.
 
-mod error;
-mod state_dir;
-
-#[cfg(target_os = "linux")]
 mod admin;
-// The types describe a service on every Unix; starting one needs a backend (Linux so far).
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 mod command;
-#[cfg(target_os = "linux")]
 mod counter;
+mod error;
 #[cfg(target_os = "linux")]
 mod identity;
-#[cfg(target_os = "linux")]
 mod service;
-#[cfg(target_os = "linux")]
+mod state_dir;
 mod state_file;
 
-#[cfg(target_os = "linux")]
 pub use admin::{ServiceState, ServiceStatus, list, stop_now};
 pub use command::{Readiness, ServiceCommand};
-#[cfg(target_os = "linux")]
-pub use counter::RefCounter;
+pub use counter::{BACKEND_ENV, Backend, RefCounter};
 pub use error::SharedError;
-#[cfg(target_os = "linux")]
 pub use service::{ServiceHandle, ServiceInfo, SharedService, SharedServiceBuilder};
 pub use state_dir::{STATE_DIR_ENV, StateDir};

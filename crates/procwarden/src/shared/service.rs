@@ -8,12 +8,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 
-use super::counter::{LockGuard, RefCounter};
+use super::counter::{Backend, Hold, LockGuard, RefCounter};
 use super::state_file::{self, Phase, StateFile};
 use super::{ServiceCommand, SharedError, StateDir};
 use crate::process::{Pid, ProcessRef, Signal};
 use crate::supervisor::BoxError;
-use crate::sys::sysv;
 
 /// What the processes sharing a service know of it: its process, its port, anything else.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -88,6 +87,7 @@ pub struct SharedServiceBuilder {
     stop_signal: Signal,
     stop_timeout: Duration,
     group: bool,
+    backend: Option<Backend>,
 }
 
 impl SharedServiceBuilder {
@@ -180,6 +180,14 @@ impl SharedServiceBuilder {
         self
     }
 
+    /// Counts holds and locks with `backend` instead of the one [`Backend::from_env`] chooses
+    /// (on Linux: System V unless `PROCWARDEN_SHARED_BACKEND=files`). Every process sharing the
+    /// service must use the same backend.
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
     /// Checks the name and the state directory.
     pub fn build(self) -> Result<SharedService, SharedError> {
         crate::name::check(&self.name).map_err(|reason| SharedError::InvalidName {
@@ -206,6 +214,7 @@ impl SharedServiceBuilder {
                 stop_signal: self.stop_signal,
                 stop_timeout: self.stop_timeout,
                 group: self.group,
+                backend: self.backend.unwrap_or_else(Backend::from_env),
                 counter: Mutex::new(None),
                 known: Mutex::new(None),
             }),
@@ -218,8 +227,9 @@ impl SharedServiceBuilder {
 ///
 /// - At most one instance runs per user, state directory and name, whatever the interleaving.
 /// - `acquire` returns once the service is ready; concurrent first users wait for one start.
-/// - The holder count is kept by the kernel (System V semaphores with `SEM_UNDO`): a user killed
-///   with SIGKILL gives back its hold.
+/// - The holder count is kept by the kernel (System V semaphores with `SEM_UNDO`, or `flock`s
+///   that die with their process; see [`Backend`]): a user killed with SIGKILL gives back its
+///   hold.
 /// - When the count reaches zero, by release or by death, a keeper process stops the service
 ///   after the linger, even if nobody acquires it again, and removes its files and IPC objects.
 ///
@@ -256,6 +266,7 @@ pub(crate) struct Inner {
     stop_signal: Signal,
     stop_timeout: Duration,
     group: bool,
+    backend: Backend,
     /// The set, kept open between acquires; reopened when it was removed.
     counter: Mutex<Option<Arc<RefCounter>>>,
     /// What this process last learned of the running service.
@@ -285,7 +296,8 @@ pub struct ServiceHandle {
     inner: Arc<Inner>,
     counter: Arc<RefCounter>,
     info: ServiceInfo,
-    held: bool,
+    /// `None` once released.
+    hold: Option<Hold>,
 }
 
 /// Something that made the set go away under us: start over with a fresh one.
@@ -321,6 +333,7 @@ impl SharedService {
             stop_signal: Signal::TERM,
             stop_timeout: Duration::from_secs(10),
             group: false,
+            backend: None,
         }
     }
 
@@ -331,7 +344,7 @@ impl SharedService {
 
     /// The number of live handles across all processes.
     pub fn holders(&self) -> Result<u32, SharedError> {
-        match RefCounter::find(&self.inner.dir, &self.inner.name)? {
+        match RefCounter::find_with(&self.inner.dir, &self.inner.name, self.inner.backend)? {
             Some(counter) => counter.count(),
             None => Ok(0),
         }
@@ -343,14 +356,14 @@ impl SharedService {
             let counter = self.inner.counter()?;
             if let Some(known) = self.inner.known() {
                 match counter.join_if_current(known.generation) {
-                    Ok(true) => {
+                    Ok(Some(hold)) => {
                         if self.inner.healthy(&known).await {
-                            return Ok(self.inner.handle(counter, known.info));
+                            return Ok(self.inner.handle(counter, hold, known.info));
                         }
-                        let _ = counter.leave();
+                        let _ = counter.leave(hold);
                     }
-                    Ok(false) => {}
-                    Err(err) if sysv::is_removed(&err) => {
+                    Ok(None) => {}
+                    Err(err) if counter.is_removed(&err) => {
                         self.inner.forget_counter();
                         continue;
                     }
@@ -358,10 +371,10 @@ impl SharedService {
                 }
             }
             match self.inner.acquire_locked(&counter).await? {
-                Attempt::Done(known) => {
+                Attempt::Done((known, hold)) => {
                     let info = known.info.clone();
                     *lock(&self.inner.known) = Some(known);
-                    return Ok(self.inner.handle(counter, info));
+                    return Ok(self.inner.handle(counter, hold, info));
                 }
                 Attempt::Retry => self.inner.forget_counter(),
             }
@@ -375,7 +388,7 @@ impl Inner {
         if let Some(counter) = &*slot {
             return Ok(Arc::clone(counter));
         }
-        let counter = Arc::new(RefCounter::open(&self.dir, &self.name)?);
+        let counter = Arc::new(RefCounter::open_with(&self.dir, &self.name, self.backend)?);
         *slot = Some(Arc::clone(&counter));
         Ok(counter)
     }
@@ -389,12 +402,17 @@ impl Inner {
         lock(&self.known).clone()
     }
 
-    fn handle(self: &Arc<Self>, counter: Arc<RefCounter>, info: ServiceInfo) -> ServiceHandle {
+    fn handle(
+        self: &Arc<Self>,
+        counter: Arc<RefCounter>,
+        hold: Hold,
+        info: ServiceInfo,
+    ) -> ServiceHandle {
         ServiceHandle {
             inner: Arc::clone(self),
             counter,
             info,
-            held: true,
+            hold: Some(hold),
         }
     }
 
@@ -408,17 +426,21 @@ impl Inner {
         }
     }
 
-    /// Takes the lifecycle lock without blocking the runtime's worker threads.
-    pub(crate) async fn lock(counter: &Arc<RefCounter>) -> Result<Attempt<LockGuard>, SharedError> {
+    /// Takes the lifecycle lock without blocking the runtime's worker threads. With `create`
+    /// false, a service whose objects are gone is not made anew (`Retry`).
+    pub(crate) async fn lock(
+        counter: &Arc<RefCounter>,
+        create: bool,
+    ) -> Result<Attempt<LockGuard>, SharedError> {
         let locking = Arc::clone(counter);
-        let locked = tokio::task::spawn_blocking(move || locking.lock())
+        let locked = tokio::task::spawn_blocking(move || locking.lock(create))
             .await
             .map_err(|err| {
                 counter.error("taking the lifecycle lock", std::io::Error::other(err))
             })?;
         match locked {
             Ok(guard) => Ok(Attempt::Done(guard)),
-            Err(err) if sysv::is_removed(&err) => Ok(Attempt::Retry),
+            Err(err) if counter.is_removed(&err) => Ok(Attempt::Retry),
             Err(err) => Err(counter.error("taking the lifecycle lock", err)),
         }
     }
@@ -427,19 +449,21 @@ impl Inner {
     async fn acquire_locked(
         &self,
         counter: &Arc<RefCounter>,
-    ) -> Result<Attempt<Known>, SharedError> {
-        let guard = match Self::lock(counter).await? {
+    ) -> Result<Attempt<(Known, Hold)>, SharedError> {
+        let guard = match Self::lock(counter, true).await? {
             Attempt::Done(guard) => guard,
             Attempt::Retry => return Ok(Attempt::Retry),
         };
         guard.ensure_keeper(self.linger)?;
-        guard.join().map_err(|err| counter.error("joining", err))?;
-        let result = self.use_or_start(&guard, counter).await;
-        if result.is_err() {
-            // A failed start leaves no reference behind; the lock goes with the guard.
-            let _ = guard.leave();
+        let hold = guard.join().map_err(|err| counter.error("joining", err))?;
+        match self.use_or_start(&guard, counter).await {
+            Ok(known) => Ok(Attempt::Done((known, hold))),
+            Err(err) => {
+                // A failed start leaves no reference behind; the lock goes with the guard.
+                let _ = guard.leave(hold);
+                Err(err)
+            }
         }
-        result.map(Attempt::Done)
     }
 
     async fn use_or_start(
@@ -572,13 +596,18 @@ impl Inner {
     }
 
     /// The last hold is going: stop the service now (no linger) or leave it to the keeper.
-    async fn release_last(&self, counter: &Arc<RefCounter>) -> Result<(), SharedError> {
-        let guard = match Self::lock(counter).await? {
+    async fn release_last(&self, counter: &Arc<RefCounter>, hold: Hold) -> Result<(), SharedError> {
+        let guard = match Self::lock(counter, false).await? {
             Attempt::Done(guard) => guard,
-            // The set is gone, and our hold with it.
+            // The set or files are gone, and our hold with them.
             Attempt::Retry => return Ok(()),
         };
-        guard.leave().map_err(|err| counter.error("leaving", err))?;
+        match guard.leave(hold) {
+            Ok(()) => {}
+            // Ours were removed (`stop_now`); what runs now is another instance.
+            Err(err) if counter.is_removed(&err) => return Ok(()),
+            Err(err) => return Err(counter.error("leaving", err)),
+        }
         let count = guard
             .count()
             .map_err(|err| counter.error("reading the count", err))?;
@@ -661,11 +690,13 @@ impl ServiceHandle {
     /// Lets go of the service. If this was the last hold and there is no linger, the service is
     /// stopped (with `on_last_release`) before this returns.
     pub async fn release(mut self) -> Result<(), SharedError> {
-        self.held = false;
-        match self.counter.leave_if_not_last() {
-            Ok(true) => Ok(()),
-            Ok(false) => self.inner.release_last(&self.counter).await,
-            Err(err) if sysv::is_removed(&err) => Ok(()),
+        let Some(hold) = self.hold.take() else {
+            return Ok(());
+        };
+        match self.counter.leave_if_not_last(hold) {
+            Ok(None) => Ok(()),
+            Ok(Some(hold)) => self.inner.release_last(&self.counter, hold).await,
+            Err(err) if self.counter.is_removed(&err) => Ok(()),
             Err(err) => Err(self.counter.error("leaving", err)),
         }
     }
@@ -673,9 +704,10 @@ impl ServiceHandle {
 
 impl Drop for ServiceHandle {
     fn drop(&mut self) {
-        if self.held {
-            // One system call; if this was the last hold, the keeper takes it from here.
-            let _ = self.counter.leave();
+        if let Some(hold) = self.hold.take() {
+            // One system call (a few with file locks); if this was the last hold, the keeper
+            // takes it from here.
+            let _ = self.counter.leave(hold);
         }
     }
 }

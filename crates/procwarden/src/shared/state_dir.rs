@@ -75,7 +75,6 @@ impl StateDir {
         &self.path
     }
 
-    #[cfg(target_os = "linux")]
     pub(crate) fn state_file(&self, name: &str) -> PathBuf {
         self.path.join(format!("{name}.state"))
     }

@@ -45,7 +45,7 @@ pub use crate::name::MAX_NAME_LEN;
 pub use backoff::Backoff;
 pub use context::Context;
 pub use error::SupervisorError;
-#[cfg(target_os = "linux")]
+#[cfg(unix)]
 pub(crate) use error::chain as error_chain;
 pub use event::{Event, EventKind, RecvError, Subscription};
 pub use exit::ExitReason;

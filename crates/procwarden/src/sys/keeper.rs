@@ -1,15 +1,20 @@
 //! The keeper: a small process that stops a shared service once nobody holds it.
 //!
-//! It is forked from the process that creates the service's semaphore set, and then runs only
-//! async-signal-safe system calls (the parent may have had other threads holding locks when it
-//! forked, so the keeper allocates nothing and takes no lock): it blocks until the holder count is
-//! zero, waits out the linger, takes the lifecycle lock, stops the process recorded in the state
-//! file, removes that file and the semaphore set, and exits.
+//! It is forked from a process that uses the service, under the service's lifecycle lock, and
+//! then runs only async-signal-safe system calls (the parent may have had other threads holding
+//! locks when it forked, so the keeper allocates nothing and takes no lock): it blocks until the
+//! holder count is zero, waits out the linger, takes the lifecycle lock, stops the process
+//! recorded in the state file, removes that file and the backend's objects, and exits.
+//!
+//! This file holds what both backends share — the double fork, the detaching, and the stop of
+//! the recorded process — and the System V keeper (Linux); the file-lock keeper is in
+//! `file_keeper.rs`.
 
 use std::ffi::CStr;
 use std::io;
 use std::time::Duration;
 
+#[cfg(target_os = "linux")]
 use super::sysv::{NOWAIT, UNDO, op, sem};
 
 /// How long the keeper waits for a service to go after SIGKILL.
@@ -17,23 +22,34 @@ const AFTER_KILL_MS: i32 = 5_000;
 
 /// What the keeper needs, prepared before the fork.
 pub(crate) struct Plan<'a> {
-    pub(crate) set_id: i32,
+    pub(crate) watch: Watch<'a>,
     pub(crate) linger: Duration,
     pub(crate) state_path: &'a CStr,
 }
 
-/// Starts a keeper for the set, detached (its own session, reparented to init), and returns once
-/// it is on its way. It exits by itself if another keeper already watches the set.
+/// What the keeper watches: the backend's objects.
+pub(crate) enum Watch<'a> {
+    /// A System V semaphore set, by id.
+    #[cfg(target_os = "linux")]
+    Set(i32),
+    /// The files of the file-lock backend.
+    Files(super::file_keeper::Files<'a>),
+}
+
+/// Starts a keeper, detached (its own session, reparented to init), and returns once it is on
+/// its way. A System V keeper exits by itself if another one already watches the set; a
+/// file-lock keeper is given the keeper lock its parent took, so there is never a second one.
 pub(crate) fn spawn(plan: &Plan<'_>) -> io::Result<()> {
     let linger = libc::timespec {
         tv_sec: plan.linger.as_secs() as libc::time_t,
         tv_nsec: plan.linger.subsec_nanos() as libc::c_long,
     };
-    let set_id = plan.set_id;
+    let watch = &plan.watch;
     let path = plan.state_path.as_ptr();
-    // SAFETY: after fork the child runs only async-signal-safe calls (setsid, fork, _exit and, in
-    // `keeper_main`, raw system calls on stack memory and on `path`, which stays valid because
-    // the child's copy of the address space holds it unchanged).
+    // SAFETY: after fork the child runs only async-signal-safe calls (setsid, fork, _exit and,
+    // in the keepers' mains, raw system calls on stack memory and on memory prepared before the
+    // fork — `watch` and `path` — which stays valid because the child's copy of the address
+    // space holds it unchanged).
     let child = unsafe { libc::fork() };
     match child {
         -1 => Err(io::Error::last_os_error()),
@@ -42,7 +58,11 @@ pub(crate) fn spawn(plan: &Plan<'_>) -> io::Result<()> {
             unsafe {
                 libc::setsid();
                 if libc::fork() == 0 {
-                    keeper_main(set_id, linger, path);
+                    match watch {
+                        #[cfg(target_os = "linux")]
+                        Watch::Set(id) => keeper_main(*id, linger, path),
+                        Watch::Files(files) => super::file_keeper::main(files, linger, path),
+                    }
                 }
                 libc::_exit(0)
             }
@@ -60,12 +80,13 @@ pub(crate) fn spawn(plan: &Plan<'_>) -> io::Result<()> {
     }
 }
 
-fn errno() -> i32 {
-    // SAFETY: reads this thread's errno.
-    unsafe { *libc::__errno_location() }
+/// This thread's errno, read without allocating.
+pub(super) fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
 /// How a blocking semaphore wait ended.
+#[cfg(target_os = "linux")]
 #[derive(PartialEq, Eq)]
 enum Wait {
     Done,
@@ -74,6 +95,7 @@ enum Wait {
     Gone,
 }
 
+#[cfg(target_os = "linux")]
 fn wait(id: i32, ops: &mut [libc::sembuf], timeout: Option<&libc::timespec>) -> Wait {
     loop {
         let timeout = timeout.map_or(std::ptr::null(), |t| t as *const libc::timespec);
@@ -99,15 +121,15 @@ fn wait(id: i32, ops: &mut [libc::sembuf], timeout: Option<&libc::timespec>) -> 
     }
 }
 
-fn exit() -> ! {
+pub(super) fn exit() -> ! {
     // SAFETY: ends the process without running anything of the parent's.
     unsafe { libc::_exit(0) }
 }
 
+#[cfg(target_os = "linux")]
 fn keeper_main(id: i32, linger: libc::timespec, state_path: *const libc::c_char) -> ! {
-    detach();
-    // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
-    unsafe { libc::prctl(libc::PR_SET_NAME, c"pw-keeper".as_ptr()) };
+    detach(&[]);
+    name_process();
     if wait(
         id,
         &mut [op(sem::KEEPER, 0, NOWAIT), op(sem::KEEPER, 1, UNDO)],
@@ -156,11 +178,21 @@ fn keeper_main(id: i32, linger: libc::timespec, state_path: *const libc::c_char)
     }
 }
 
-/// Points stdin, stdout and stderr at /dev/null, closes every other descriptor (so the keeper
-/// holds no pipe or socket of its parent open), and restores default signal handling.
-fn detach() {
-    // SAFETY: open, dup2, close, close_range, sigaction and sigprocmask are async-signal-safe
-    // and take only stack data and a static NUL-terminated path.
+/// Names the keeper `pw-keeper` where the platform lets a process rename itself cheaply.
+pub(super) fn name_process() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, c"pw-keeper".as_ptr())
+    };
+}
+
+/// Points stdin, stdout and stderr at /dev/null, closes every other descriptor but those in
+/// `keep` (so the keeper holds no pipe, socket or lock of its parent open), and restores
+/// default signal handling.
+pub(super) fn detach(keep: &[i32]) {
+    // SAFETY: open, dup2 and close are async-signal-safe and take only a static NUL-terminated
+    // path and integers.
     unsafe {
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
         if null >= 0 {
@@ -171,11 +203,26 @@ fn detach() {
                 libc::close(null);
             }
         }
-        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) != 0 {
-            for fd in 3..4096 {
-                libc::close(fd);
-            }
+    }
+    // The descriptors to keep, in order, on the stack.
+    let mut kept = [i32::MAX; 4];
+    for (slot, &fd) in kept.iter_mut().zip(keep) {
+        *slot = fd;
+    }
+    kept.sort_unstable();
+    let mut from = 3;
+    for fd in kept {
+        if fd == i32::MAX {
+            break;
         }
+        if fd >= from {
+            close_range(from, fd - 1);
+            from = fd + 1;
+        }
+    }
+    close_range(from, i32::MAX);
+    // SAFETY: sigaction and sigprocmask are async-signal-safe and take only stack data.
+    unsafe {
         let mut default: libc::sigaction = std::mem::zeroed();
         default.sa_sigaction = libc::SIG_DFL;
         for signal in 1..32 {
@@ -186,6 +233,29 @@ fn detach() {
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
+}
+
+/// Closes descriptors `first..=last` (an empty range does nothing).
+fn close_range(first: i32, last: i32) {
+    if first > last {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: close_range takes integers.
+    if unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0u32) } == 0 {
+        return;
+    }
+    // SAFETY: sysconf takes an integer and is async-signal-safe.
+    let open_max = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) };
+    let limit = if open_max <= 0 {
+        4096
+    } else {
+        open_max.min(65_536) as i32
+    };
+    for fd in first..=last.min(limit) {
+        // SAFETY: closes a descriptor the keeper does not use (closing a free one is harmless).
+        unsafe { libc::close(fd) };
     }
 }
 
@@ -236,8 +306,9 @@ pub(crate) fn parse_recorded(text: &[u8]) -> Option<Recorded> {
 }
 
 /// Stops the process the state file records, if it is still the same process; false when it
-/// may still be running (then the record and the set are kept for the next user to recover).
-fn stop_recorded(state_path: *const libc::c_char) -> bool {
+/// may still be running (then the record and the backend's objects are kept for the next user
+/// to recover).
+pub(super) fn stop_recorded(state_path: *const libc::c_char) -> bool {
     let mut buffer = [0u8; 4096];
     let Some(length) = read_file(state_path, &mut buffer) else {
         return true;
@@ -245,13 +316,12 @@ fn stop_recorded(state_path: *const libc::c_char) -> bool {
     let Some(recorded) = parse_recorded(&buffer[..length]) else {
         return true;
     };
-    // SAFETY: pidfd_open takes integers.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, recorded.pid, 0) } as i32;
+    let pidfd = pidfd_open(recorded.pid);
     if pidfd < 0 && errno() == libc::ESRCH {
         return true;
     }
-    // With a pidfd it holds the recorded process; without one (an old kernel, a seccomp
-    // filter), the start time is checked again before each signal.
+    // With a pidfd (Linux) it holds the recorded process; without one (another Unix, an old
+    // kernel, a seccomp filter), the start time is checked again before each signal.
     if start_time(recorded.pid) != Some(recorded.start_time) {
         close(pidfd);
         return true;
@@ -260,21 +330,14 @@ fn stop_recorded(state_path: *const libc::c_char) -> bool {
         if pidfd < 0 && start_time(recorded.pid) != Some(recorded.start_time) {
             return;
         }
-        // SAFETY: kill and pidfd_send_signal take integers (and a null siginfo).
-        unsafe {
-            if recorded.group {
-                libc::kill(-recorded.pid, signal);
-            } else if pidfd >= 0 {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    pidfd,
-                    signal,
-                    std::ptr::null::<u8>(),
-                    0,
-                );
-            } else {
-                libc::kill(recorded.pid, signal);
-            }
+        if recorded.group {
+            // SAFETY: kill takes integers.
+            unsafe { libc::kill(-recorded.pid, signal) };
+        } else if pidfd >= 0 {
+            pidfd_signal(pidfd, signal);
+        } else {
+            // SAFETY: kill takes integers.
+            unsafe { libc::kill(recorded.pid, signal) };
         }
     };
     let gone = |timeout_ms: i32| {
@@ -294,19 +357,138 @@ fn stop_recorded(state_path: *const libc::c_char) -> bool {
         // SAFETY: kill takes integers; the group id stays reserved while members remain, so
         // this reaches only what the leader left behind.
         unsafe { libc::kill(-recorded.pid, libc::SIGKILL) };
+        // The stop is over only when no member runs: a member still dying could hold the
+        // port a fresh instance is about to bind.
+        stopped &= group_gone(recorded.pid, AFTER_KILL_MS);
     }
     close(pidfd);
     stopped
 }
 
-fn close(fd: i32) {
+/// Waits up to `timeout_ms`, checking every 10 ms, until no process of group `pgid` runs.
+fn group_gone(pgid: i32, timeout_ms: i32) -> bool {
+    let step = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 10_000_000,
+    };
+    for _ in 0..timeout_ms / 10 {
+        if !group_runs(pgid) {
+            return true;
+        }
+        // SAFETY: nanosleep reads one timespec from the stack.
+        unsafe { libc::nanosleep(&step, std::ptr::null_mut()) };
+    }
+    !group_runs(pgid)
+}
+
+/// Whether a process of group `pgid` runs (a zombie does not): `/proc` listed with
+/// `getdents64` into a stack buffer, without allocating.
+#[cfg(target_os = "linux")]
+fn group_runs(pgid: i32) -> bool {
+    // SAFETY: open with a static NUL-terminated path.
+    let dir = unsafe {
+        libc::open(
+            c"/proc".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if dir < 0 {
+        return false;
+    }
+    let mut entries = [0u8; 4096];
+    let mut found = false;
+    'listing: loop {
+        // SAFETY: getdents64 writes at most `entries.len()` bytes of records to the buffer.
+        let length = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                dir,
+                entries.as_mut_ptr(),
+                entries.len(),
+            )
+        };
+        if length <= 0 {
+            break;
+        }
+        let mut at = 0;
+        while at + 19 < length as usize {
+            // A linux_dirent64: inode (8 bytes), offset (8), record length (2), type (1), name.
+            let record = usize::from(u16::from_ne_bytes([entries[at + 16], entries[at + 17]]));
+            let name = &entries[at + 19..(at + record).min(length as usize)];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if let Some(pid) = parse_pid(name) {
+                let mut buffer = [0u8; 1024];
+                if let Some(text) = read_proc_stat(pid, &mut buffer)
+                    && let Some((state, group)) = super::linux::state_and_group(text)
+                    && group == pgid
+                    && !matches!(state, "Z" | "X" | "x")
+                {
+                    found = true;
+                    break 'listing;
+                }
+            }
+            at += record.max(1);
+        }
+    }
+    close(dir);
+    found
+}
+
+/// Elsewhere: `kill(-pgid, 0)`, which also counts zombies until they are reaped.
+#[cfg(not(target_os = "linux"))]
+fn group_runs(pgid: i32) -> bool {
+    // SAFETY: kill takes integers; signal 0 only checks.
+    unsafe { libc::kill(-pgid, 0) == 0 }
+}
+
+/// A decimal PID, from a directory entry's name.
+#[cfg(target_os = "linux")]
+fn parse_pid(name: &[u8]) -> Option<i32> {
+    if name.is_empty() || !name.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(name).ok()?.parse().ok()
+}
+
+/// A pidfd for `pid`, or -1 (errno set) where there is none.
+#[cfg(target_os = "linux")]
+fn pidfd_open(pid: i32) -> i32 {
+    // SAFETY: pidfd_open takes integers.
+    unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32 }
+}
+
+/// No pidfds outside Linux: the start-time checks stand in for them.
+#[cfg(not(target_os = "linux"))]
+fn pidfd_open(_pid: i32) -> i32 {
+    -1
+}
+
+#[cfg(target_os = "linux")]
+fn pidfd_signal(pidfd: i32, signal: i32) {
+    // SAFETY: pidfd_send_signal takes integers and a null siginfo.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd,
+            signal,
+            std::ptr::null::<u8>(),
+            0,
+        )
+    };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pidfd_signal(_pidfd: i32, _signal: i32) {}
+
+pub(super) fn close(fd: i32) {
     if fd >= 0 {
         // SAFETY: closes a descriptor this process opened and owns.
         unsafe { libc::close(fd) };
     }
 }
 
-/// Without a pidfd: watches `/proc` until the process has exited (gone, a zombie, or its PID
+/// Without a pidfd: watches the process (`/proc` on Linux, `proc_pidinfo` on macOS) until it has
+/// exited (gone, a zombie, or its PID
 /// reused), checking every 10 ms, up to `timeout_ms`.
 fn exited_by_proc(pid: i32, started: u64, timeout_ms: i32) -> bool {
     let step = libc::timespec {
@@ -343,7 +525,7 @@ fn exited(pidfd: i32, timeout_ms: i32) -> bool {
 }
 
 /// Reads a whole small file into `buffer`; `None` if it cannot.
-fn read_file(path: *const libc::c_char, buffer: &mut [u8]) -> Option<usize> {
+pub(super) fn read_file(path: *const libc::c_char, buffer: &mut [u8]) -> Option<usize> {
     // SAFETY: open/read/close with a NUL-terminated path and a buffer of the given length.
     unsafe {
         let fd = libc::open(path, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC);
@@ -378,7 +560,15 @@ fn is_zombie(pid: i32) -> bool {
 }
 
 /// `/proc/PID/stat`, read and parsed without allocating.
+#[cfg(target_os = "linux")]
 fn proc_stat(pid: i32) -> Option<super::ProcInfo> {
+    let mut buffer = [0u8; 1024];
+    super::linux::parse_stat(read_proc_stat(pid, &mut buffer)?)
+}
+
+/// Reads `/proc/PID/stat` into `buffer`, without allocating.
+#[cfg(target_os = "linux")]
+fn read_proc_stat(pid: i32, buffer: &mut [u8; 1024]) -> Option<&str> {
     let mut path = [0u8; 32];
     let prefix = b"/proc/";
     path[..prefix.len()].copy_from_slice(prefix);
@@ -400,15 +590,34 @@ fn proc_stat(pid: i32) -> Option<super::ProcInfo> {
     }
     path[at..at + 5].copy_from_slice(b"/stat");
     // The rest of `path` is zeros, so it is NUL-terminated.
-    let mut buffer = [0u8; 1024];
-    let length = read_file(path.as_ptr().cast(), &mut buffer)?;
-    let text = std::str::from_utf8(&buffer[..length]).ok()?;
-    super::linux::parse_stat(text)
+    let length = read_file(path.as_ptr().cast(), buffer)?;
+    std::str::from_utf8(&buffer[..length]).ok()
+}
+
+/// `proc_pidinfo`, a thin wrapper over a system call, with its answer on the stack.
+#[cfg(target_vendor = "apple")]
+fn proc_stat(pid: i32) -> Option<super::ProcInfo> {
+    super::apple::proc_info_raw(pid).ok().flatten()
+}
+
+/// No way to read a start time here yet: the recorded process is taken as gone (which is also
+/// what `ProcessRef` makes of it on these platforms).
+#[cfg(not(any(target_os = "linux", target_vendor = "apple")))]
+fn proc_stat(_pid: i32) -> Option<super::ProcInfo> {
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn sees_a_live_group_and_a_gone_one() {
+        let group = rustix::process::getpgrp().as_raw_nonzero().get();
+        assert!(group_runs(group));
+        assert!(!group_runs(i32::MAX - 7), "no such group");
+    }
 
     #[test]
     fn reads_the_fields_it_needs() {
@@ -430,10 +639,7 @@ mod tests {
     #[test]
     fn reads_its_own_start_time() {
         let pid = std::process::id() as i32;
-        let expected = super::super::linux::proc_info(pid)
-            .unwrap()
-            .unwrap()
-            .start_time;
+        let expected = super::super::proc_info(pid).unwrap().unwrap().start_time;
         assert_eq!(start_time(pid), Some(expected));
     }
 }

@@ -44,6 +44,38 @@ pub(crate) fn parse_stat(text: &str) -> Option<ProcInfo> {
     })
 }
 
+/// Whether any process of group `pgid` is still running (a zombie has exited: its sockets and
+/// files are already closed). Scans `/proc`, as the kernel offers no handle on a group.
+pub(crate) fn group_has_live_members(pgid: i32) -> io::Result<bool> {
+    for entry in fs::read_dir("/proc")? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            // Exited between the listing and the read.
+            continue;
+        };
+        if let Some((state, group)) = state_and_group(&text)
+            && group == pgid
+            && !matches!(state, "Z" | "X" | "x")
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// The state (field 3) and process group (field 5) of a `/proc/PID/stat` line.
+pub(crate) fn state_and_group(text: &str) -> Option<(&str, i32)> {
+    let after_comm = &text[text.rfind(')')? + 1..];
+    let mut fields = after_comm.split_ascii_whitespace();
+    let state = fields.next()?;
+    let group = fields.nth(1)?.parse().ok()?;
+    Some((state, group))
+}
+
 /// Opens a pidfd for `pid`; `None` where the kernel has no pidfds (before 5.3).
 pub(crate) fn pidfd(pid: i32) -> io::Result<Option<OwnedFd>> {
     let pid = Pid::from_raw(pid).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
@@ -129,6 +161,16 @@ mod tests {
         let info = parse_stat(stat).unwrap();
         assert_eq!(info.start_time, 987654);
         assert!(info.zombie);
+    }
+
+    #[test]
+    fn this_group_has_a_live_member() {
+        let group = rustix::process::getpgrp().as_raw_nonzero().get();
+        assert!(group_has_live_members(group).unwrap());
+        assert_eq!(
+            state_and_group("7 (a) b) S 1 4242 4242 0"),
+            Some(("S", 4242))
+        );
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //! operating system directly.
 
 #[cfg(unix)]
+pub(crate) mod file_keeper;
+#[cfg(unix)]
+pub(crate) mod keeper;
+#[cfg(unix)]
 pub(crate) mod unix;
 
-#[cfg(target_os = "linux")]
-pub(crate) mod keeper;
 #[cfg(target_os = "linux")]
 pub(crate) mod linux;
 #[cfg(target_os = "linux")]

@@ -22,6 +22,12 @@ pub(crate) fn kill_group(raw_pgid: i32, raw_signal: i32) -> io::Result<()> {
     kill_process_group(pid(raw_pgid)?, signal_of(raw_signal)?).map_err(io::Error::from)
 }
 
+/// Whether any process (a zombie included) is in group `pgid`: `kill(-pgid, 0)`.
+#[cfg_attr(target_os = "linux", allow(dead_code))]
+pub(crate) fn group_exists(raw_pgid: i32) -> bool {
+    pid(raw_pgid).is_ok_and(|pgid| rustix::process::test_kill_process_group(pgid).is_ok())
+}
+
 /// The raw number of a named signal on this platform.
 pub(crate) fn raw_signal(name: &str) -> Option<i32> {
     let signal = match name {

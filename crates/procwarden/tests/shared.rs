@@ -103,11 +103,19 @@ impl Scratch {
         let deadline = std::time::Instant::now() + BOUND;
         loop {
             let set = RefCounter::find(&state_dir, name).unwrap();
-            let files: Vec<String> = ["state", "lock", "holders", "keeper", "gen", "holders.d"]
-                .iter()
-                .map(|suffix| format!("{name}.{suffix}"))
-                .filter(|file| std::fs::symlink_metadata(self.dir.join(file)).is_ok())
-                .collect();
+            let files: Vec<String> = [
+                "state",
+                "log",
+                "lock",
+                "holders",
+                "keeper",
+                "gen",
+                "holders.d",
+            ]
+            .iter()
+            .map(|suffix| format!("{name}.{suffix}"))
+            .filter(|file| std::fs::symlink_metadata(self.dir.join(file)).is_ok())
+            .collect();
             if set.is_none() && files.is_empty() {
                 return;
             }
@@ -597,8 +605,13 @@ async fn a_command_that_exits_or_is_never_ready_fails_and_leaves_nothing(backend
     );
     assert_eq!(exits.holders().unwrap() + slow.holders().unwrap(), 0);
     assert!(!scratch.dir.join("exits.state").exists() && !scratch.dir.join("slow.state").exists());
-    scratch.assert_clean("exits");
-    scratch.assert_clean("slow");
+    // A failed start keeps the log its error names, and nothing else.
+    for name in ["exits", "slow"] {
+        let log = scratch.dir.join(format!("{name}.log"));
+        assert!(log.exists(), "{name}: the log the error names is kept");
+        std::fs::remove_file(log).unwrap();
+        scratch.assert_clean(name);
+    }
 }
 
 /// Runs as a user whose service never becomes ready (the test kills it while it starts).

@@ -101,7 +101,7 @@ pub async fn stop_now(dir: &StateDir, name: &str) -> Result<bool, SharedError> {
     let Some(counter) = RefCounter::find(dir, name)? else {
         let path = dir.state_file(name);
         let existed = state_file::read(&path)?.is_some();
-        state_file::remove(&path)?;
+        state_file::remove_stopped(&path)?;
         return Ok(existed);
     };
     let counter = Arc::new(counter);
@@ -114,7 +114,7 @@ pub async fn stop_now(dir: &StateDir, name: &str) -> Result<bool, SharedError> {
     if let Some(state) = state_file::read(&path)? {
         stop_recorded(name, &state).await?;
     }
-    state_file::remove(&path)?;
+    state_file::remove_stopped(&path)?;
     guard
         .remove_set()
         .map_err(|err| counter.error("removing the semaphore set", err))?;

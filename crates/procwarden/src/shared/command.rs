@@ -112,8 +112,10 @@ impl std::str::FromStr for Readiness {
 }
 
 /// A service that is one shell command: started through `/bin/sh -c` in its own process group
-/// (so the whole group is stopped), its output appended to `NAME.log` in the state directory,
-/// ready when its [`Readiness`] probe passes within the ready timeout.
+/// (so the whole group is stopped), its output written to `NAME.log` in the state directory
+/// (started afresh at each start, removed with the state when the service is stopped; kept
+/// after a failed start, which names it), ready when its [`Readiness`] probe passes within the
+/// ready timeout.
 #[derive(Clone, Debug)]
 pub struct ServiceCommand {
     pub(crate) script: OsString,
@@ -144,13 +146,14 @@ impl ServiceCommand {
         self
     }
 
-    /// Spawns the command in its own process group, output appended to `log`. The process is
+    /// Spawns the command in its own process group, its output written to `log`. The process is
     /// reaped by a thread of this process if it ends while this process lives (its status comes
     /// back through the receiver); otherwise by init.
     pub(crate) fn spawn(&self, log: &std::path::Path) -> Result<(u32, Exit), BoxError> {
         let output = OpenOptions::new()
             .create(true)
-            .append(true)
+            .write(true)
+            .truncate(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(log)

@@ -629,7 +629,7 @@ impl Inner {
             }
             tracing::info!(service = %self.name, "stopped: last user left");
         }
-        state_file::remove(&path)?;
+        state_file::remove_stopped(&path)?;
         *lock(&self.known) = None;
         *lock(&self.counter) = None;
         guard

@@ -107,13 +107,31 @@ pub(crate) fn read(path: &Path) -> Result<Option<StateFile>, SharedError> {
         .map_err(|err| bad(err.to_string()))
 }
 
-/// Removes the state file; absent is fine.
+/// Removes the state file; absent is fine. (After a failed start: its log stays, for reading.)
 pub(crate) fn remove(path: &Path) -> Result<(), SharedError> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(err) => Err(SharedError::io("removing the state file", path, err)),
+    remove_files(&[path.to_owned()])
+}
+
+/// Removes the state file of a stopped service and its log beside it (`NAME.log`).
+pub(crate) fn remove_stopped(path: &Path) -> Result<(), SharedError> {
+    remove_files(&[path.to_owned(), path.with_extension("log")])
+}
+
+fn remove_files(files: &[std::path::PathBuf]) -> Result<(), SharedError> {
+    for file in files {
+        match fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => {
+                return Err(SharedError::io(
+                    "removing the state file",
+                    file.clone(),
+                    err,
+                ));
+            }
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]

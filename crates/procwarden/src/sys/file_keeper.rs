@@ -246,7 +246,7 @@ fn remove(files: &Files<'_>, slots: i32, state_path: *const libc::c_char) {
     }
     // SAFETY: unlink and rmdir of NUL-terminated paths.
     unsafe {
-        libc::unlink(state_path);
+        super::keeper::unlink_record(state_path);
         libc::rmdir(files.slots_path.as_ptr());
         libc::unlink(files.holders_path.as_ptr());
         libc::unlink(files.keeper_path.as_ptr());

@@ -171,7 +171,7 @@ fn keeper_main(id: i32, linger: libc::timespec, state_path: *const libc::c_char)
         }
         // SAFETY: unlink of a NUL-terminated path; semctl IPC_RMID takes no pointer.
         unsafe {
-            libc::unlink(state_path);
+            unlink_record(state_path);
             libc::semctl(id, 0, libc::IPC_RMID);
         }
         exit();
@@ -363,6 +363,31 @@ pub(super) fn stop_recorded(state_path: *const libc::c_char) -> bool {
     }
     close(pidfd);
     stopped
+}
+
+/// Removes the state file `NAME.state` and, if there was one, the service's log `NAME.log`
+/// beside it, without allocating. With no record (a failed start removed it), the log stays:
+/// the error the starter reported names it.
+pub(super) fn unlink_record(state_path: *const libc::c_char) {
+    // SAFETY: `state_path` is NUL-terminated; strlen reads up to its NUL.
+    let length = unsafe { libc::strlen(state_path) };
+    // SAFETY: unlink of a NUL-terminated path.
+    if unsafe { libc::unlink(state_path) } != 0 {
+        return;
+    }
+    // SAFETY: the `length` bytes before the NUL are readable.
+    let path = unsafe { std::slice::from_raw_parts(state_path.cast::<u8>(), length) };
+    let Some(stem) = path.strip_suffix(b".state") else {
+        return;
+    };
+    let mut log = [0u8; 4096];
+    if stem.len() + 5 > log.len() {
+        return;
+    }
+    log[..stem.len()].copy_from_slice(stem);
+    log[stem.len()..stem.len() + 4].copy_from_slice(b".log");
+    // SAFETY: `log` is NUL-terminated (the byte after ".log" is still 0).
+    unsafe { libc::unlink(log.as_ptr().cast()) };
 }
 
 /// Waits up to `timeout_ms`, checking every 10 ms, until no process of group `pgid` runs.

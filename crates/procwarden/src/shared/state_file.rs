@@ -119,7 +119,7 @@ pub(crate) fn remove_stopped(path: &Path) -> Result<(), SharedError> {
 
 fn remove_files(files: &[std::path::PathBuf]) -> Result<(), SharedError> {
     for file in files {
-        match fs::remove_file(&file) {
+        match fs::remove_file(file) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
             Err(err) => {

@@ -211,3 +211,25 @@ async fn stop_group_returns_only_once_every_member_has_exited() {
     assert!(!member.is_alive(), "a member outlived the group stop");
     cleanup(child);
 }
+
+#[test]
+fn group_variants_reach_every_member() {
+    let (child, mut out) = spawn_shell("sleep 600 & echo $!; echo ready; wait");
+    let member = ProcessRef::new(read_line(&mut out).parse().unwrap()).unwrap();
+    assert_eq!(read_line(&mut out), "ready");
+    let leader = ProcessRef::from_child(&child).unwrap();
+    assert!(leader.is_group_alive());
+    leader.kill_group().unwrap();
+    assert!(
+        member.wait_blocking(Some(BOUND)),
+        "the member got SIGKILL too"
+    );
+    assert!(leader.wait_blocking(Some(BOUND)));
+    // Both exited: what is left is at most zombies, which run nothing.
+    assert!(!leader.is_group_alive());
+    assert!(matches!(
+        leader.terminate_group(),
+        Err(ProcessError::Gone { .. })
+    ));
+    cleanup(child);
+}

@@ -206,3 +206,51 @@ fn the_process_does_not_outlive_a_killed_supervisor() {
     );
     assert!(!sleeper.is_alive());
 }
+
+/// Runs in a re-executed copy of this test binary: one command child that writes a line to
+/// each stream, then the supervisor returns.
+#[test]
+fn talker_host() {
+    if std::env::var_os("PROCWARDEN_TALKER_HOST").is_none() {
+        return;
+    }
+    let supervisor = Supervisor::builder("host")
+        .child(
+            Command::shell("echo to-stdout; echo to-stderr >&2")
+                .child_spec("talker")
+                .restart(Restart::Temporary),
+        )
+        .build()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(supervisor.run()).unwrap();
+}
+
+#[test]
+fn output_is_forwarded_line_by_line_with_the_childs_path() {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "talker_host", "--nocapture", "--test-threads=1"])
+        .env("PROCWARDEN_TALKER_HOST", "1")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.ends_with("[host/talker] to-stdout")),
+        "stdout: {stdout}"
+    );
+    assert!(
+        stderr.lines().any(|l| l == "[host/talker] to-stderr"),
+        "stderr: {stderr}"
+    );
+    assert!(
+        !stdout.contains("to-stderr") && !stderr.contains("to-stdout"),
+        "streams kept apart"
+    );
+}

@@ -165,6 +165,25 @@ impl ProcessRef {
             .map_err(|err| ProcessError::from_io(pid, "signalling the process group", err))
     }
 
+    /// Sends `SIGTERM` to the process group this process leads.
+    pub fn terminate_group(&self) -> Result<(), ProcessError> {
+        self.signal_group(Signal::TERM)
+    }
+
+    /// Sends `SIGKILL` to the process group this process leads.
+    pub fn kill_group(&self) -> Result<(), ProcessError> {
+        self.signal_group(Signal::KILL)
+    }
+
+    /// Whether any process of the group this process leads (its id as group id) still runs;
+    /// zombies do not count on Linux, where `/proc` tells them apart.
+    pub fn is_group_alive(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        return crate::sys::linux::group_has_live_members(self.pid.as_raw()).unwrap_or(false);
+        #[cfg(not(target_os = "linux"))]
+        return crate::sys::unix::group_exists(self.pid.as_raw());
+    }
+
     /// Completes when the process exits. On Linux the pidfd wakes the task; elsewhere it
     /// checks with a backoff from 1 ms up to 50 ms. Must run inside a tokio runtime with I/O
     /// and time enabled.

@@ -102,7 +102,7 @@ async fn stop_async(
         // Until every member is gone, a new instance could not bind what they hold.
         let mut delay = Duration::from_millis(1);
         let deadline = tokio::time::Instant::now() + AFTER_KILL;
-        while group_runs(process) {
+        while process.is_group_alive() {
             if tokio::time::Instant::now() >= deadline {
                 return Err(ProcessError::Unkillable { pid: process.pid() });
             }
@@ -111,15 +111,6 @@ async fn stop_async(
         }
     }
     Ok(outcome)
-}
-
-/// Whether a member of the group `process` led is still running. The kernel gives no handle on
-/// a group, so after SIGKILL this is checked with a short backoff.
-fn group_runs(process: &ProcessRef) -> bool {
-    #[cfg(target_os = "linux")]
-    return crate::sys::linux::group_has_live_members(process.pid().as_raw()).unwrap_or(false);
-    #[cfg(not(target_os = "linux"))]
-    return crate::sys::unix::group_exists(process.pid().as_raw());
 }
 
 fn stop_blocking(
@@ -144,7 +135,7 @@ fn stop_blocking(
     if let Target::Group = target {
         let deadline = std::time::Instant::now() + AFTER_KILL;
         let mut delay = Duration::from_millis(1);
-        while group_runs(process) {
+        while process.is_group_alive() {
             if std::time::Instant::now() >= deadline {
                 return Err(ProcessError::Unkillable { pid: process.pid() });
             }

@@ -26,10 +26,16 @@ enum Target {
 }
 
 impl Target {
-    fn send(self, process: &ProcessRef, signal: Signal) -> Result<(), ProcessError> {
-        match self {
+    /// Sends the first signal; true when there was nothing left to stop.
+    fn begin(self, process: &ProcessRef, signal: Signal) -> Result<bool, ProcessError> {
+        let sent = match self {
             Self::Process => process.signal(signal),
             Self::Group => process.signal_group(signal),
+        };
+        match sent {
+            Ok(()) => Ok(false),
+            Err(ProcessError::Gone { .. }) => Ok(true),
+            Err(err) => Err(err),
         }
     }
 }
@@ -82,9 +88,8 @@ async fn stop_async(
     signal: Signal,
     grace: Duration,
 ) -> Result<StopOutcome, ProcessError> {
-    match target.send(process, signal) {
-        Err(ProcessError::Gone { .. }) => return Ok(StopOutcome::AlreadyExited),
-        other => other?,
+    if target.begin(process, signal)? {
+        return Ok(StopOutcome::AlreadyExited);
     }
     let outcome = match tokio::time::timeout(grace, process.exited()).await {
         Ok(()) => StopOutcome::Exited,
@@ -99,16 +104,13 @@ async fn stop_async(
         return Err(ProcessError::Unkillable { pid: process.pid() });
     }
     if let Target::Group = target {
-        // Until every member is gone, a new instance could not bind what they hold.
-        let mut delay = Duration::from_millis(1);
-        let deadline = tokio::time::Instant::now() + AFTER_KILL;
-        while process.is_group_alive() {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ProcessError::Unkillable { pid: process.pid() });
+        for delay in group_checks() {
+            if !process.is_group_alive() {
+                return Ok(outcome);
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(20));
         }
+        return group_gone(process, outcome);
     }
     Ok(outcome)
 }
@@ -119,9 +121,8 @@ fn stop_blocking(
     signal: Signal,
     grace: Duration,
 ) -> Result<StopOutcome, ProcessError> {
-    match target.send(process, signal) {
-        Err(ProcessError::Gone { .. }) => return Ok(StopOutcome::AlreadyExited),
-        other => other?,
+    if target.begin(process, signal)? {
+        return Ok(StopOutcome::AlreadyExited);
     }
     let outcome = if process.wait_blocking(Some(grace)) {
         StopOutcome::Exited
@@ -133,17 +134,38 @@ fn stop_blocking(
         return Err(ProcessError::Unkillable { pid: process.pid() });
     }
     if let Target::Group = target {
-        let deadline = std::time::Instant::now() + AFTER_KILL;
-        let mut delay = Duration::from_millis(1);
-        while process.is_group_alive() {
-            if std::time::Instant::now() >= deadline {
-                return Err(ProcessError::Unkillable { pid: process.pid() });
+        for delay in group_checks() {
+            if !process.is_group_alive() {
+                return Ok(outcome);
             }
             std::thread::sleep(delay);
-            delay = (delay * 2).min(Duration::from_millis(20));
         }
+        return group_gone(process, outcome);
     }
     Ok(outcome)
+}
+
+/// The pauses between checks that a group's members are gone after SIGKILL: the kernel gives no
+/// handle on a group, so 1 ms doubling up to 20 ms, for [`AFTER_KILL`] in all. Until every member
+/// is gone, a new instance could not bind what they hold.
+fn group_checks() -> impl Iterator<Item = Duration> {
+    let mut waited = Duration::ZERO;
+    std::iter::successors(Some(Duration::from_millis(1)), |d| {
+        Some((*d * 2).min(Duration::from_millis(20)))
+    })
+    .take_while(move |delay| {
+        waited += *delay;
+        waited <= AFTER_KILL
+    })
+}
+
+/// The last check, once [`group_checks`] ran out.
+fn group_gone(process: &ProcessRef, outcome: StopOutcome) -> Result<StopOutcome, ProcessError> {
+    if process.is_group_alive() {
+        Err(ProcessError::Unkillable { pid: process.pid() })
+    } else {
+        Ok(outcome)
+    }
 }
 
 /// Sends SIGKILL where the stop calls for it: to a process past its grace, and to a group's

@@ -68,6 +68,7 @@ pub mod process;
 #[cfg(unix)]
 pub mod shared;
 pub mod supervisor;
+mod sync;
 mod sys;
 
 pub use supervisor::{

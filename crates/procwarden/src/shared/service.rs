@@ -1,6 +1,7 @@
 //! `SharedService`: acquire a service that many processes share; the first starts it, the last
 //! one's departure stops it.
 
+use crate::sync::lock;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -304,12 +305,6 @@ pub struct ServiceHandle {
 pub(crate) enum Attempt<T> {
     Done(T),
     Retry,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn now_secs() -> u64 {

@@ -1,5 +1,6 @@
 //! What a running child sees of its supervisor.
 
+use crate::sync::lock;
 use std::any::Any;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -149,12 +150,6 @@ impl Run {
             }
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Context {

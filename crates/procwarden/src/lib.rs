@@ -11,8 +11,10 @@
 //! - [`shared`] (Linux): one service shared by many processes, started by the first user and
 //!   stopped after the last, crashes included.
 //!
-//! Still to come (tracked as open issues): `upgrade` (zero-downtime binary replacement) and `scope`
-//! (typed factories of daemons).
+//! - [`upgrade`] (Unix): replace the running binary without refusing a connection, handing the
+//!   listening sockets to the new generation and rolling back when it fails.
+//!
+//! Still to come (tracked as an open issue): `scope` (typed factories of daemons).
 //!
 //! # A supervised tree
 //!
@@ -62,6 +64,7 @@
 
 #![warn(missing_docs)]
 
+mod atomic_file;
 mod name;
 #[cfg(unix)]
 pub mod process;
@@ -70,6 +73,8 @@ pub mod shared;
 pub mod supervisor;
 mod sync;
 mod sys;
+#[cfg(unix)]
+pub mod upgrade;
 
 pub use supervisor::{
     Backoff, ChildSpec, Context, ExitReason, Restart, Strategy, Supervisor, SupervisorError,

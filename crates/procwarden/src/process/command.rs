@@ -1,8 +1,6 @@
 //! An OS process run as a supervised child.
 
 use std::ffi::{OsStr, OsString};
-use std::fmt::Write as _;
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -208,22 +206,7 @@ fn judge(status: ExitStatus) -> Result<(), BoxError> {
     if status.success() {
         return Ok(());
     }
-    let mut text = String::new();
-    match (status.code(), status.signal()) {
-        (Some(code), _) => {
-            let _ = write!(text, "exited with status {code}");
-        }
-        (None, Some(raw)) => match Signal::from_raw(raw) {
-            Ok(signal) => {
-                let _ = write!(text, "killed by {signal}");
-            }
-            Err(_) => {
-                let _ = write!(text, "killed by signal {raw}");
-            }
-        },
-        (None, None) => text.push_str("ended without a status"),
-    }
-    Err(text.into())
+    Err(super::exit_status::describe(status).into())
 }
 
 #[derive(Clone, Copy)]

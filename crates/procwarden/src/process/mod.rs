@@ -31,6 +31,7 @@
 
 mod command;
 mod error;
+pub(crate) mod exit_status;
 mod pid;
 mod process_ref;
 mod signal;

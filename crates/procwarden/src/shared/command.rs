@@ -31,17 +31,13 @@ pub(crate) fn exited_early(
     .into()
 }
 
-/// A process's end, in words: "exit status 127", "killed by SIGKILL".
+/// A process's end, in words, with a hint for the commonest failure.
 fn describe(status: std::process::ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(127), _) => "exit status 127: command not found".into(),
-        (Some(code), _) => format!("exit status {code}"),
-        (None, Some(raw)) => match crate::process::Signal::from_raw(raw) {
-            Ok(signal) => format!("killed by {signal}"),
-            Err(_) => format!("killed by signal {raw}"),
-        },
-        (None, None) => "no status".into(),
+    let words = crate::process::exit_status::describe(status);
+    if status.code() == Some(127) {
+        format!("{words}: command not found")
+    } else {
+        words
     }
 }
 

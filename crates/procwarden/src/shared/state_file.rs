@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -51,26 +51,8 @@ pub(crate) fn write(path: &Path, state: &StateFile) -> Result<(), SharedError> {
         path: path.to_owned(),
         reason: err.to_string(),
     })?;
-    let temp = path.with_extension(format!(
-        "state.tmp.{}.{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    let result = (|| -> io::Result<()> {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&temp)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        fs::rename(&temp, path)
-    })();
-    result.map_err(|err| {
-        let _ = fs::remove_file(&temp);
-        SharedError::io("writing the state file", path, err)
-    })
+    crate::atomic_file::write(path, text.as_bytes(), 0o600)
+        .map_err(|err| SharedError::io("writing the state file", path, err))
 }
 
 /// Reads the state file at `path`; `None` if there is none. Links are not followed.

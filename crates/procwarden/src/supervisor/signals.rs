@@ -64,23 +64,34 @@ mod listen {
     pub(super) struct Signals {
         interrupt: Signal,
         terminate: Signal,
-        hangup: Signal,
+        /// `None` when SIGHUP means something else to the program (an upgrade).
+        hangup: Option<Signal>,
     }
 
     impl Signals {
-        pub(super) fn new() -> std::io::Result<Self> {
+        pub(super) fn new(reload_on_hangup: bool) -> std::io::Result<Self> {
             Ok(Self {
                 interrupt: signal(SignalKind::interrupt())?,
                 terminate: signal(SignalKind::terminate())?,
-                hangup: signal(SignalKind::hangup())?,
+                hangup: if reload_on_hangup {
+                    Some(signal(SignalKind::hangup())?)
+                } else {
+                    None
+                },
             })
         }
 
         pub(super) async fn next(&mut self) -> Request {
+            let hangup = async {
+                match &mut self.hangup {
+                    Some(hangup) => hangup.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = self.interrupt.recv() => Request::Stop(SignalKind::interrupt().as_raw_value()),
                 _ = self.terminate.recv() => Request::Stop(SignalKind::terminate().as_raw_value()),
-                _ = self.hangup.recv() => Request::Reload,
+                _ = hangup => Request::Reload,
             }
         }
     }
@@ -94,7 +105,7 @@ mod listen {
     pub(super) struct Signals;
 
     impl Signals {
-        pub(super) fn new() -> std::io::Result<Self> {
+        pub(super) fn new(_reload_on_hangup: bool) -> std::io::Result<Self> {
             Ok(Self)
         }
 
@@ -112,7 +123,13 @@ impl Supervisor {
     /// one aborts the children at once, and SIGHUP reloads it. On platforms other than Unix only
     /// Ctrl-C is handled (stop, then abort); there is no reload signal.
     pub async fn run_until_signal(self) -> RunOutcome {
-        let mut signals = match listen::Signals::new() {
+        self.run_until_signals(true).await
+    }
+
+    /// [`run_until_signal`](Self::run_until_signal), with SIGHUP left alone unless
+    /// `reload_on_hangup`.
+    pub(crate) async fn run_until_signals(self, reload_on_hangup: bool) -> RunOutcome {
+        let mut signals = match listen::Signals::new(reload_on_hangup) {
             Ok(signals) => signals,
             Err(source) => {
                 return RunOutcome::Failed(SupervisorError::Io {

@@ -4,6 +4,8 @@
 //! operating system directly.
 
 #[cfg(unix)]
+pub(crate) mod exec;
+#[cfg(unix)]
 pub(crate) mod file_keeper;
 #[cfg(unix)]
 pub(crate) mod keeper;

@@ -1,5 +1,5 @@
-//! The `procwarden` command: shared services today; upgrades and supervised process sets come
-//! with the parts of the library they use.
+//! The `procwarden` command: shared services and zero-downtime upgrades today; supervised
+//! process sets come with the part of the library they use.
 
 mod duration;
 #[cfg(target_os = "linux")]
@@ -8,6 +8,8 @@ mod share;
 mod status;
 #[cfg(target_os = "linux")]
 mod stop;
+#[cfg(target_os = "linux")]
+mod upgrade;
 
 use std::ffi::OsString;
 use std::fmt::Display;
@@ -27,8 +29,8 @@ use clap::{Parser, Subcommand};
     arg_required_else_help = true
 )]
 struct Cli {
-    /// Where shared-service state lives [default: $PROCWARDEN_STATE_DIR, else
-    /// $XDG_RUNTIME_DIR/procwarden, else /tmp/procwarden-$UID]
+    /// Where shared-service state and upgrade control sockets live [default:
+    /// $PROCWARDEN_STATE_DIR, else $XDG_RUNTIME_DIR/procwarden, else /tmp/procwarden-$UID]
     #[arg(long, global = true, value_name = "DIR")]
     state_dir: Option<PathBuf>,
 
@@ -49,7 +51,6 @@ don't write Rust.";
 
 const COMING: &str = "\
 Coming (not available yet):
-  upgrade  Replace a running binary with a new one without dropping connections
   run      Supervise a set of processes described in a TOML file";
 
 #[derive(Subcommand, Debug)]
@@ -68,6 +69,36 @@ enum Command {
         /// The service
         name: String,
     },
+    /// Ask the program named in a pid file to replace itself with a new generation of its
+    /// binary without dropping connections, and wait until the new one is ready or rolled back
+    #[command(long_about = UPGRADE_LONG_ABOUT)]
+    Upgrade(UpgradeArgs),
+}
+
+const UPGRADE_LONG_ABOUT: &str = "\
+Ask the program named in a pid file to replace itself with a new generation of its binary \
+without dropping connections, and wait for the outcome.
+
+The program must use procwarden's Upgrader with its control socket, in the same state \
+directory (--state-dir, PROCWARDEN_STATE_DIR). Exit status: 0 when the new generation is ready \
+(the new PID is printed); 1 when the upgrade was rolled back or refused (the reason is printed), \
+or when no outcome came within --timeout (the upgrade may still complete).";
+
+#[derive(clap::Args, Debug)]
+struct UpgradeArgs {
+    /// The pid file of the program to upgrade, as its Upgrader writes it
+    #[arg(long, value_name = "PATH")]
+    pid_file: PathBuf,
+    /// How long to wait for the outcome (the new generation's readiness, and probation)
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_timeout)]
+    timeout: Duration,
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match duration::parse(text)? {
+        Duration::ZERO => Err(format!("{text:?} is no time to wait: give more than 0")),
+        timeout => Ok(timeout),
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -201,6 +232,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             }
             Command::Status { json } => status::run(&dir, json).map(|()| ExitCode::SUCCESS),
             Command::Stop { name } => stop::run(&dir, &name).await.map(|()| ExitCode::SUCCESS),
+            Command::Upgrade(args) => upgrade::run(&dir, &args.pid_file, args.timeout).await,
         }
     })
 }

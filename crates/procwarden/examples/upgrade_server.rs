@@ -343,7 +343,11 @@ fn udp_child(upgrader: &Upgrader, addr: String) -> ChildSpec {
             loop {
                 tokio::select! {
                     _ = ctx.shutdown_requested() => return Ok::<(), BoxError>(()),
-                    () = upgrader.accepting(false) => upgrader.accepting(true).await,
+                    // Paused while a successor is on probation; a stop still ends it.
+                    () = upgrader.accepting(false) => tokio::select! {
+                        _ = ctx.shutdown_requested() => return Ok(()),
+                        () = upgrader.accepting(true) => {}
+                    },
                     received = socket.recv_from(&mut datagram) => {
                         let (_, peer) = received?;
                         socket.send_to(body.as_bytes(), peer).await?;

@@ -64,6 +64,7 @@
 
 #![warn(missing_docs)]
 
+#[cfg(unix)]
 mod atomic_file;
 mod name;
 #[cfg(unix)]

@@ -346,7 +346,9 @@ impl Upgrader {
     }
 
     /// Completes when [`is_accepting`](Self::is_accepting) becomes `want`. An accept loop
-    /// pauses on it during probation:
+    /// pauses on it during probation, and keeps watching for its stop while paused: after a
+    /// handover (or a stop signal) this generation never accepts again, so a bare
+    /// `accepting(true).await` would wait forever.
     ///
     /// ```no_run
     /// # async fn f(upgrader: procwarden::upgrade::Upgrader, listener: tokio::net::TcpListener) {
@@ -354,7 +356,10 @@ impl Upgrader {
     /// while !wind_down.is_cancelled() {
     ///     tokio::select! {
     ///         _ = wind_down.cancelled() => break,
-    ///         _ = upgrader.accepting(false) => { upgrader.accepting(true).await; }
+    ///         _ = upgrader.accepting(false) => tokio::select! {
+    ///             _ = wind_down.cancelled() => break,
+    ///             _ = upgrader.accepting(true) => {}
+    ///         },
     ///         accepted = listener.accept() => { /* serve it */ }
     ///     }
     /// }

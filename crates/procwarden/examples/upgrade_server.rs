@@ -12,8 +12,8 @@
 //!
 //! `--ready-delay` simulates a slow start. `--unix` and `--udp` add listeners of the other
 //! kinds (the Unix one speaks the same HTTP; the UDP one answers each datagram with
-//! `pid <PID>\n`). `--crash-after-ready` makes the process abort that long after it is ready,
-//! to try rollback during probation.
+//! `pid <PID>\n`). `--crash-after-ready` makes the process abort that long after it starts
+//! serving (for a successor: after its predecessor accepted it), to try rollback during probation.
 //!
 //! Try it:
 //!
@@ -74,7 +74,7 @@ fn main() -> ExitCode {
     match runtime.block_on(serve(options)) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("upgrade_server[{}]: {err}", std::process::id());
+            say(format_args!("{err}"));
             ExitCode::FAILURE
         }
     }
@@ -120,18 +120,18 @@ async fn serve(options: Options) -> Result<ExitCode, BoxError> {
                 async move {
                     tokio::time::sleep(delay).await;
                     upgrader.ready()?;
-                    eprintln!(
-                        "upgrade_server[{}]: ready{}",
-                        std::process::id(),
-                        if upgrader.is_successor() {
-                            " (successor)"
-                        } else {
-                            ""
-                        }
-                    );
+                    let successor = if upgrader.is_successor() {
+                        " (successor)"
+                    } else {
+                        ""
+                    };
+                    say(format_args!("ready{successor}"));
                     if let Some(after) = crash {
+                        // Counted from when it serves: for a successor, once its predecessor
+                        // accepted the handover.
+                        upgrader.accepting(true).await;
                         tokio::time::sleep(after).await;
-                        eprintln!("upgrade_server[{}]: crashing as asked", std::process::id());
+                        say(format_args!("crashing as asked"));
                         std::process::abort();
                     }
                     ctx.shutdown_requested().await;
@@ -143,12 +143,17 @@ async fn serve(options: Options) -> Result<ExitCode, BoxError> {
         .build()?;
     let outcome = upgrader.run(tree).await;
     if let Some(pid) = upgrader.successor() {
-        eprintln!(
-            "upgrade_server[{}]: drained; PID {pid} serves now",
-            std::process::id()
-        );
+        say(format_args!("drained; PID {pid} serves now"));
     }
     Ok(outcome.exit_code())
+}
+
+/// Writes one line to stderr in a single write, so that lines of generations sharing the
+/// terminal never interleave.
+fn say(message: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let line = format!("upgrade_server[{}]: {message}\n", std::process::id());
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 /// Where an HTTP listener listens.
@@ -198,6 +203,8 @@ where
 {
     loop {
         tokio::select! {
+            // The gate before the listener: a paused generation must not take one more.
+            biased;
             _ = ctx.shutdown_requested() => return Ok(()),
             () = upgrader.accepting(false) => {
                 tokio::select! {
@@ -213,7 +220,7 @@ where
                     });
                 }
                 // Out of descriptors and the like: keep serving the connections we have.
-                Err(err) => eprintln!("upgrade_server[{}]: accept: {err}", std::process::id()),
+                Err(err) => say(format_args!("accept: {err}")),
             },
         }
     }
@@ -342,6 +349,7 @@ fn udp_child(upgrader: &Upgrader, addr: String) -> ChildSpec {
             let mut datagram = [0u8; 1500];
             loop {
                 tokio::select! {
+                    biased;
                     _ = ctx.shutdown_requested() => return Ok::<(), BoxError>(()),
                     // Paused while a successor is on probation; a stop still ends it.
                     () = upgrader.accepting(false) => tokio::select! {

@@ -1,5 +1,10 @@
 //! A new generation of this program, seen from the one that started it: spawned with the
 //! listeners, watched until it reports ready, exits, or misses its deadline, and reaped.
+//!
+//! The two talk over a socket pair, one byte each way: the new generation sends `R` when it is
+//! ready, and the old one answers `G` once it accepts the handover. Until the `G`, the new
+//! generation does not accept connections, so one the old generation rejects (late, say) is
+//! killed holding none.
 
 use std::ffi::OsString;
 use std::io;
@@ -29,24 +34,25 @@ pub(crate) struct NewGeneration {
     pid: i32,
     /// Fires when the child has exited (it is then a zombie until reaped here).
     exited: oneshot::Receiver<()>,
-    ready: Option<tokio::net::unix::pipe::Receiver>,
+    /// Our end of the handshake.
+    handshake: Option<tokio::net::UnixStream>,
     accepted: bool,
     reaped: bool,
 }
 
 impl NewGeneration {
-    /// Starts `program` with the listeners at 3, 4, … and the readiness pipe after them.
+    /// Starts `program` with the listeners at 3, 4, … and its end of the handshake after them.
     pub(crate) fn spawn(program: &Program, listeners: &Listeners) -> Result<Self, UpgradeError> {
         let spawn_error = |source: io::Error| UpgradeError::Spawn {
             path: program.path.clone(),
             source: source.into(),
         };
         let (names, fds) = listeners.handover()?;
-        let (ready_read, ready_write) = std::io::pipe().map_err(spawn_error)?;
-        let ready_write = OwnedFd::from(ready_write);
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(spawn_error)?;
+        let theirs = OwnedFd::from(theirs);
         let env = handover::child_env(std::env::vars_os(), &names, std::process::id());
         let mut placed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
-        placed.push(ready_write.as_fd());
+        placed.push(theirs.as_fd());
         let argv = std::iter::once(program.path.clone().into_os_string())
             .chain(program.args.iter().cloned())
             .collect();
@@ -55,25 +61,25 @@ impl NewGeneration {
             argv,
             env,
             placed,
-            ready_write.as_fd(),
+            theirs.as_fd(),
             true,
         )
         .map_err(spawn_error)?;
         let pid = plan.spawn().map_err(spawn_error)?;
-        // Only the child may hold the write end now, so that its exit closes the pipe.
-        drop(ready_write);
+        // Only the child may hold its end now, so that its exit closes the socket.
+        drop(theirs);
         drop(fds);
-        let exited = watch_exit(pid);
         let mut generation = Self {
             pid,
-            exited,
-            ready: None,
+            exited: watch_exit(pid),
+            handshake: None,
             accepted: false,
             reaped: false,
         };
-        let ready_read = OwnedFd::from(ready_read);
-        generation.ready =
-            Some(tokio::net::unix::pipe::Receiver::from_owned_fd(ready_read).map_err(spawn_error)?);
+        let ours = ours
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(ours));
+        generation.handshake = Some(ours.map_err(spawn_error)?);
         Ok(generation)
     }
 
@@ -92,9 +98,9 @@ impl NewGeneration {
         let mut report = Vec::new();
         let read = async {
             let pipe = self
-                .ready
+                .handshake
                 .as_mut()
-                .expect("the readiness pipe is set at spawn");
+                .expect("the handshake is set at spawn");
             let mut byte = [0u8; 8];
             loop {
                 match pipe.read(&mut byte).await {
@@ -111,20 +117,22 @@ impl NewGeneration {
             }
         };
         let answered = tokio::time::timeout(deadline, read).await.is_ok();
-        self.ready = None;
         if answered && report.first() == Some(&handover::READY_BYTE) {
-            self.accepted = true;
-            return Ok(());
+            return self.accept().await;
         }
         if !answered {
+            // Killed before our end closes: it must not take a closed socket for a parent
+            // that died and go on alone.
             let _ = exec::kill_child(self.pid);
+            self.handshake = None;
             self.exited().await;
             return Err(UpgradeError::ReadyTimeout {
                 pid: self.pid(),
                 timeout: deadline,
             });
         }
-        // The pipe closed without a ready byte: the child failed to exec or exited.
+        self.handshake = None;
+        // The socket closed without a ready byte: the child failed to exec or exited.
         let failure = exec::decode_exec_failure(&report);
         let status = self.exited().await;
         match failure {
@@ -137,6 +145,25 @@ impl NewGeneration {
                 status,
             }),
         }
+    }
+
+    /// Tells the child its handover is accepted: from now on it accepts connections.
+    async fn accept(&mut self) -> Result<(), UpgradeError> {
+        use tokio::io::AsyncWriteExt;
+        let mut handshake = self
+            .handshake
+            .take()
+            .expect("the handshake is set at spawn");
+        if handshake.write_all(&[handover::GO_BYTE]).await.is_err() {
+            // It died just after saying it was ready.
+            let status = self.exited().await;
+            return Err(UpgradeError::ExitedBeforeReady {
+                pid: self.pid(),
+                status,
+            });
+        }
+        self.accepted = true;
+        Ok(())
     }
 
     /// Waits until the child exits, reaps it, and says how it ended.
@@ -187,9 +214,19 @@ fn watch_exit(pid: i32) -> oneshot::Receiver<()> {
     rx
 }
 
-/// Reports readiness to the generation that started this one, on the descriptor it passed.
-/// `false` when nobody listens any more (it is gone), so this generation is on its own.
-pub(crate) fn report_ready(fd: OwnedFd) -> bool {
-    let mut pipe = std::io::PipeWriter::from(fd);
-    std::io::Write::write_all(&mut pipe, &[handover::READY_BYTE]).is_ok()
+/// Reports readiness to the generation that started this one, on its end of the handshake.
+/// `None` when nobody listens any more (it is gone): this generation is on its own. Otherwise
+/// the socket on which the `G` that accepts the handover will come.
+pub(crate) fn report_ready(fd: OwnedFd) -> Option<tokio::net::UnixStream> {
+    let mut stream = std::os::unix::net::UnixStream::from(fd);
+    std::io::Write::write_all(&mut stream, &[handover::READY_BYTE]).ok()?;
+    stream.set_nonblocking(true).ok()?;
+    tokio::net::UnixStream::from_std(stream).ok()
+}
+
+/// Waits for the old generation's answer: `true` when it accepted the handover, `false` when
+/// it went away without answering (so this generation is on its own).
+pub(crate) async fn handover_accepted(mut handshake: tokio::net::UnixStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(handshake.read(&mut byte).await, Ok(1) if byte[0] == handover::GO_BYTE)
 }

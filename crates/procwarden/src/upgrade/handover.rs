@@ -10,8 +10,9 @@
 //!
 //! Two more are procwarden's own:
 //!
-//! - `PROCWARDEN_UPGRADE_READY_FD`: the descriptor on which the new generation reports ready
-//!   (one byte, `R`); it comes right after the listeners;
+//! - `PROCWARDEN_UPGRADE_READY_FD`: a Unix stream socket on which the new generation reports
+//!   ready (one byte, `R`) and the old one accepts the handover (one byte, `G`); it comes
+//!   right after the listeners;
 //! - `PROCWARDEN_UPGRADE_PARENT`: the PID of the generation that started this one.
 
 use std::ffi::{OsStr, OsString};
@@ -31,6 +32,8 @@ pub const PARENT: &str = "PROCWARDEN_UPGRADE_PARENT";
 
 /// The byte a new generation writes when it is ready.
 pub(crate) const READY_BYTE: u8 = b'R';
+/// The byte the old generation answers once it accepts the handover.
+pub(crate) const GO_BYTE: u8 = b'G';
 
 /// The name systemd gives a socket that has none.
 const UNNAMED: &str = "unknown";

@@ -3,14 +3,14 @@
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::generation::{NewGeneration, Program, report_ready};
+use super::generation::{NewGeneration, Program, handover_accepted, report_ready};
 use super::notify::{Notifier, monotonic_usec};
 use super::{Listeners, UpgradeError, control, handover, pid_file};
 use crate::process::Signal;
@@ -104,8 +104,6 @@ struct Inner {
     phase: Mutex<Phase>,
     accepting: watch::Sender<bool>,
     wind_down: CancellationToken,
-    /// Ends the signal and control tasks.
-    background: CancellationToken,
     /// Control clients still to be answered.
     answering: TaskTracker,
     control_path: Mutex<Option<PathBuf>>,
@@ -232,7 +230,9 @@ impl UpgraderBuilder {
         };
         let parent = inherited_ready_fd()?;
         let listeners = Listeners::from_env()?;
-        let (accepting, _) = watch::channel(true);
+        // A successor accepts only once its predecessor has accepted the handover: one that is
+        // rejected (late, say) is then killed holding no connection.
+        let (accepting, _) = watch::channel(parent.is_none());
         let inner = Arc::new(Inner {
             program,
             ready_timeout: self.ready_timeout,
@@ -247,7 +247,6 @@ impl UpgraderBuilder {
             phase: Mutex::new(Phase::Starting),
             accepting,
             wind_down: CancellationToken::new(),
-            background: CancellationToken::new(),
             answering: TaskTracker::new(),
             control_path: Mutex::new(None),
         });
@@ -288,8 +287,9 @@ impl Upgrader {
     /// stop signal came).
     ///
     /// A first generation writes the pid file and tells systemd `READY=1`; a successor tells
-    /// the generation that started it, which does both once it accepts. Calling it again
-    /// returns the same token.
+    /// the generation that started it, which does both once it accepts the handover — and only
+    /// then does the successor's [`is_accepting`](Self::is_accepting) turn true. Calling it
+    /// again returns the same token.
     pub fn ready(&self) -> Result<CancellationToken, UpgradeError> {
         let inner = &self.inner;
         if !matches!(*lock(&inner.phase), Phase::Starting) {
@@ -298,18 +298,38 @@ impl Upgrader {
         if let Some(dir) = &inner.state_dir {
             self.serve_control(dir)?;
         }
-        let parent = lock(&inner.parent).take();
-        let handed_over = parent.is_some_and(report_ready);
-        if !handed_over {
-            // A first generation, or one whose parent is gone: it speaks for itself.
-            if let Some(path) = &inner.pid_file {
-                pid_file::write(path, std::process::id())?;
+        // Serving before the predecessor hears of it: once it answers "ok" to whoever asked,
+        // this generation must take the next upgrade request.
+        {
+            let mut phase = lock(&inner.phase);
+            if matches!(*phase, Phase::Starting) {
+                *phase = Phase::Serving;
             }
-            inner.notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
         }
-        let mut phase = lock(&inner.phase);
-        if matches!(*phase, Phase::Starting) {
-            *phase = Phase::Serving;
+        let parent = lock(&inner.parent).take();
+        match parent.and_then(report_ready) {
+            Some(handshake) => {
+                let inner = Arc::clone(inner);
+                tokio::spawn(async move {
+                    if !handover_accepted(handshake).await {
+                        tracing::warn!(
+                            "the previous generation went away before accepting; serving alone"
+                        );
+                        inner.speak_for_itself();
+                    }
+                    if !matches!(*lock(&inner.phase), Phase::Stopping) {
+                        inner.accepting.send_replace(true);
+                    }
+                });
+            }
+            None => {
+                // A first generation, or one whose parent is gone: it speaks for itself.
+                if let Some(path) = &inner.pid_file {
+                    pid_file::write(path, std::process::id())?;
+                }
+                inner.notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
+                inner.accepting.send_replace(true);
+            }
         }
         Ok(inner.wind_down.clone())
     }
@@ -355,6 +375,7 @@ impl Upgrader {
     /// let wind_down = upgrader.wind_down();
     /// while !wind_down.is_cancelled() {
     ///     tokio::select! {
+    ///         biased; // the gate before the listener
     ///         _ = wind_down.cancelled() => break,
     ///         _ = upgrader.accepting(false) => tokio::select! {
     ///             _ = wind_down.cancelled() => break,
@@ -430,18 +451,17 @@ impl Upgrader {
     fn serve_control(&self, dir: &StateDir) -> Result<(), UpgradeError> {
         let (listener, path) = control::bind(dir)?;
         *lock(&self.inner.control_path) = Some(path);
-        let weak = Arc::downgrade(&self.inner);
-        let stop = self.inner.background.clone();
+        let inner = Arc::clone(&self.inner);
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
-                    _ = stop.cancelled() => return,
+                    () = inner.wind_down.cancelled() => return,
                     accepted = listener.accept() => accepted,
                 };
                 let Ok((mut stream, _)) = accepted else {
                     continue;
                 };
-                let Some(inner) = weak.upgrade() else { return };
+                let inner = Arc::clone(&inner);
                 let answering = inner.answering.clone();
                 answering.spawn(async move {
                     let request = control::read_request(&mut stream).await;
@@ -499,15 +519,33 @@ impl Inner {
         outcome: Result<Upgraded, UpgradeError>,
         tx: &watch::Sender<Option<Result<Upgraded, UpgradeError>>>,
     ) {
-        match &outcome {
+        self.record(&outcome);
+        let succeeded = outcome.is_ok();
+        tx.send_replace(Some(outcome));
+        if succeeded {
+            self.answering.close();
+            let _ = tokio::time::timeout(ANSWER_GRACE, self.answering.wait()).await;
+            self.wind_down.cancel();
+        }
+    }
+
+    /// Moves to the phase an outcome leads to, and on a failure serves again.
+    fn record(&self, outcome: &Result<Upgraded, UpgradeError>) {
+        let mut phase = lock(&self.phase);
+        match outcome {
             Ok(upgraded) => {
-                *lock(&self.phase) = Phase::Retired {
+                *phase = Phase::Retired {
                     successor: upgraded.pid,
                 };
                 tracing::info!(successor = upgraded.pid, "upgrade done; winding down");
             }
+            // Stopping already: a failed upgrade does not bring this generation back.
+            Err(err) if matches!(*phase, Phase::Stopping) => {
+                tracing::warn!(error = %err, "upgrade failed while stopping");
+            }
             Err(err) => {
-                *lock(&self.phase) = Phase::Serving;
+                *phase = Phase::Serving;
+                drop(phase);
                 self.accepting.send_replace(true);
                 self.notify(&format!(
                     "MAINPID={}\nREADY=1\nSTATUS=upgrade failed: {err}",
@@ -516,13 +554,13 @@ impl Inner {
                 tracing::warn!(error = %err, "upgrade failed; this generation carries on");
             }
         }
-        let succeeded = outcome.is_ok();
-        tx.send_replace(Some(outcome));
-        if succeeded {
-            self.answering.close();
-            let _ = tokio::time::timeout(ANSWER_GRACE, self.answering.wait()).await;
-            self.wind_down.cancel();
-        }
+    }
+
+    /// Writes the pid file and tells systemd this process is the service now, for a successor
+    /// whose predecessor went away before accepting it.
+    fn speak_for_itself(&self) {
+        self.write_pid_file(std::process::id());
+        self.notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
     }
 
     fn write_pid_file(&self, pid: u32) {
@@ -555,7 +593,6 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.background.cancel();
         if let Some(path) = lock(&self.control_path).take() {
             let _ = std::fs::remove_file(path);
         }
@@ -577,15 +614,14 @@ fn listen_for_trigger(inner: &Arc<Inner>, signal: Signal) -> Result<(), UpgradeE
     let kind = tokio::signal::unix::SignalKind::from_raw(signal.as_raw());
     let mut signals = tokio::signal::unix::signal(kind)
         .map_err(|err| UpgradeError::io("listening for the upgrade signal", PathBuf::new(), err))?;
-    let weak: Weak<Inner> = Arc::downgrade(inner);
-    let stop = inner.background.clone();
+    let inner = Arc::clone(inner);
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return,
+                () = inner.wind_down.cancelled() => return,
                 received = signals.recv() => if received.is_none() { return },
             }
-            let Some(inner) = weak.upgrade() else { return };
+            let inner = Arc::clone(&inner);
             tracing::info!(%signal, "upgrade requested by signal");
             tokio::spawn(async move {
                 if let Err(err) = (Upgrader { inner }).upgrade().await {
@@ -606,17 +642,14 @@ fn listen_for_stop(inner: &Arc<Inner>) -> Result<(), UpgradeError> {
     };
     let mut terminate = listen(SignalKind::terminate())?;
     let mut interrupt = listen(SignalKind::interrupt())?;
-    let weak = Arc::downgrade(inner);
-    let stop = inner.background.clone();
+    let inner = Arc::clone(inner);
     tokio::spawn(async move {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            () = inner.wind_down.cancelled() => return,
             _ = terminate.recv() => {}
             _ = interrupt.recv() => {}
         }
-        if let Some(inner) = weak.upgrade() {
-            inner.stop();
-        }
+        inner.stop();
     });
     Ok(())
 }

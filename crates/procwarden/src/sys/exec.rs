@@ -3,8 +3,9 @@
 //!
 //! `std::process::Command` cannot do this: it cannot place descriptors at fixed numbers, and the
 //! protocol needs the child's own PID in its environment (`LISTEN_PID`), which only the child
-//! knows. So this forks and execs by hand, preparing every byte before the fork and running
-//! only async-signal-safe calls after it.
+//! knows. So this starts the child by hand — `clone(CLONE_VM | CLONE_VFORK)` on Linux, as
+//! `posix_spawn` does, `fork` elsewhere — preparing every byte beforehand and running only
+//! async-signal-safe calls in the child.
 
 use std::ffi::{CString, OsString};
 use std::io;
@@ -37,10 +38,6 @@ pub(crate) struct Exec {
     /// Where the child reports a failed exec (a byte `E` and the errno, native-endian).
     report: RawFd,
 }
-
-// SAFETY: the raw pointers point into the `CString`s and the slot owned by the same value, which
-// never move or change once built; nothing else aliases them.
-unsafe impl Send for Exec {}
 
 /// Why a string cannot be given to the child.
 fn nul_error(what: &str) -> io::Error {
@@ -85,8 +82,17 @@ impl Exec {
         })
     }
 
-    /// Forks and execs; the child's PID. The child is this process's to reap.
+    /// Starts the child and execs; the child's PID. The child is this process's to reap.
     pub(crate) fn spawn(mut self) -> io::Result<i32> {
+        #[cfg(target_os = "linux")]
+        return self.spawn_sharing_memory();
+        #[cfg(not(target_os = "linux"))]
+        self.spawn_forked()
+    }
+
+    /// `fork`, then exec in the child.
+    #[cfg(not(target_os = "linux"))]
+    fn spawn_forked(&mut self) -> io::Result<i32> {
         // SAFETY: after fork the child only makes async-signal-safe calls on memory prepared
         // before the fork (`self`'s buffers, which its copy of the address space holds
         // unchanged) and ends in execve or _exit; it never returns into Rust code.
@@ -101,10 +107,44 @@ impl Exec {
         }
     }
 
+    /// `clone(CLONE_VM | CLONE_VFORK)`, as `posix_spawn` does: the child runs on a stack of
+    /// its own in this process's memory until it execs, while the calling thread waits. A
+    /// `fork` of a server would copy its page tables and then fault on every page it writes,
+    /// stalling it under load just when an upgrade starts.
+    #[cfg(target_os = "linux")]
+    fn spawn_sharing_memory(&mut self) -> io::Result<i32> {
+        const STACK: usize = 128 * 1024;
+        let mut stack = vec![0u8; STACK];
+        let top = (stack.as_mut_ptr_range().end as usize) & !15;
+        // SAFETY: the signal sets are plain values on this stack. Every signal is blocked
+        // around the clone so that no handler of this process runs in the child, whose memory
+        // is this process's; the child resets the handlers before it unblocks them.
+        let (pid, error) = unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut previous: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
+            // SAFETY: `child_entry` gets `self`, which outlives the call: with CLONE_VFORK
+            // this thread resumes only once the child has exec'd or exited, and `stack` is
+            // dropped after that.
+            let pid = libc::clone(
+                child_entry,
+                top as *mut libc::c_void,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                (self as *mut Self).cast(),
+            );
+            let error = io::Error::last_os_error();
+            libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
+            (pid, error)
+        };
+        drop(stack);
+        if pid == -1 { Err(error) } else { Ok(pid) }
+    }
+
     /// The child's side: descriptors into place, its PID into the environment, then exec.
     ///
     /// # Safety
-    /// Only to be called in a freshly forked child.
+    /// Only to be called in a freshly forked (or cloned) child.
     unsafe fn child(&mut self) -> ! {
         // SAFETY: every call below is async-signal-safe and works on buffers owned by `self`,
         // sized before the fork.
@@ -153,6 +193,29 @@ impl Exec {
             libc::write(self.report, message.as_ptr().cast(), message.len());
             libc::_exit(127)
         }
+    }
+}
+
+/// Where a child started by [`Exec::spawn_sharing_memory`] begins.
+#[cfg(target_os = "linux")]
+extern "C" fn child_entry(exec: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `exec` is the `Exec` the parent passed, alive and left alone while the parent
+    // waits. Only async-signal-safe calls follow, on memory prepared before the clone.
+    unsafe {
+        // The parent's handlers would run on its memory: back to the defaults, keeping what is
+        // ignored (as exec itself would).
+        for signal in 1..65 {
+            let mut current: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(signal, std::ptr::null(), &mut current) == 0
+                && current.sa_sigaction != libc::SIG_DFL
+                && current.sa_sigaction != libc::SIG_IGN
+            {
+                let mut default: libc::sigaction = std::mem::zeroed();
+                default.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(signal, &default, std::ptr::null_mut());
+            }
+        }
+        (*exec.cast::<Exec>()).child()
     }
 }
 

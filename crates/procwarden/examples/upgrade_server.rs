@@ -120,7 +120,7 @@ async fn serve(options: Options) -> Result<ExitCode, BoxError> {
                 async move {
                     tokio::time::sleep(delay).await;
                     upgrader.ready()?;
-                    let successor = if upgrader.is_successor() {
+                    let successor = if upgrader.has_predecessor() {
                         " (successor)"
                     } else {
                         ""

@@ -99,7 +99,7 @@ struct Inner {
     listeners: Listeners,
     /// Where to report readiness, when a previous generation started this one.
     parent: Mutex<Option<OwnedFd>>,
-    successor_of_another: bool,
+    has_predecessor: bool,
     notifier: Option<Notifier>,
     phase: Mutex<Phase>,
     accepting: watch::Sender<bool>,
@@ -241,7 +241,7 @@ impl UpgraderBuilder {
             trigger: self.signal,
             state_dir,
             listeners,
-            successor_of_another: parent.is_some(),
+            has_predecessor: parent.is_some(),
             parent: Mutex::new(parent),
             notifier: Notifier::from_env(),
             phase: Mutex::new(Phase::Starting),
@@ -278,8 +278,8 @@ impl Upgrader {
     }
 
     /// Whether a previous generation started this one.
-    pub fn is_successor(&self) -> bool {
-        self.inner.successor_of_another
+    pub fn has_predecessor(&self) -> bool {
+        self.inner.has_predecessor
     }
 
     /// Reports this generation ready: it holds its listeners and has started. Returns the
@@ -317,9 +317,7 @@ impl Upgrader {
                         );
                         inner.speak_for_itself();
                     }
-                    if !matches!(*lock(&inner.phase), Phase::Stopping) {
-                        inner.accepting.send_replace(true);
-                    }
+                    inner.start_accepting();
                 });
             }
             None => {
@@ -328,7 +326,7 @@ impl Upgrader {
                     pid_file::write(path, std::process::id())?;
                 }
                 inner.notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
-                inner.accepting.send_replace(true);
+                inner.start_accepting();
             }
         }
         Ok(inner.wind_down.clone())
@@ -553,6 +551,13 @@ impl Inner {
                 ));
                 tracing::warn!(error = %err, "upgrade failed; this generation carries on");
             }
+        }
+    }
+
+    /// Opens the accept gate, unless this generation is stopping.
+    fn start_accepting(&self) {
+        if !matches!(*lock(&self.phase), Phase::Stopping) {
+            self.accepting.send_replace(true);
         }
     }
 

@@ -77,7 +77,8 @@ impl Listeners {
     /// generation before it. Empty when the environment hands none to this process.
     ///
     /// Only the first call in a process takes the descriptors; later calls are refused, as two
-    /// owners would close each other's sockets.
+    /// owners would close each other's sockets. An [`Upgrader`](super::Upgrader) makes this
+    /// call itself: use it directly only for socket activation without upgrades.
     pub fn from_env() -> Result<Self, UpgradeError> {
         let names = handover::parse_listen(
             std::env::var_os(handover::LISTEN_PID).as_deref(),

@@ -150,7 +150,7 @@ impl UpgraderBuilder {
         self
     }
 
-    /// The arguments each new generation gets (without argv[0]). Default: this one's, as
+    /// The arguments each new generation gets (without `argv[0]`). Default: this one's, as
     /// OS strings, so arguments that are not UTF-8 pass unchanged.
     pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, args: I) -> Self {
         self.args = Some(args.into_iter().map(Into::into).collect());

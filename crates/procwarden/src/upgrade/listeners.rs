@@ -115,27 +115,10 @@ impl Listeners {
         name: &str,
         addr: impl ToSocketAddrs,
     ) -> Result<tokio::net::TcpListener, UpgradeError> {
-        let wanted: Vec<SocketAddr> = addr
-            .to_socket_addrs()
-            .map_err(|err| UpgradeError::listener(name, "resolving its address", err))?
-            .collect();
-        let fd = self.claim(
-            name,
-            Kind::Tcp,
-            |fd| {
-                let bound = local_inet(fd)?;
-                Ok(wanted.iter().any(|want| same_inet(*want, bound)))
-            },
-            || {
-                let listener = std::net::TcpListener::bind(&wanted[..])?;
-                Ok(listener.into())
-            },
-        )?;
-        let listener = std::net::TcpListener::from(fd);
-        listener
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpListener::from_std(listener))
-            .map_err(|err| UpgradeError::listener(name, "registering it with the runtime", err))
+        let fd = self.claim_inet(name, Kind::Tcp, addr, |wanted| {
+            Ok(std::net::TcpListener::bind(wanted)?.into())
+        })?;
+        register(name, fd, tokio::net::TcpListener::from_std)
     }
 
     /// The Unix stream listener named `name` at `path`, inherited or bound now. A socket file
@@ -148,20 +131,9 @@ impl Listeners {
         path: impl AsRef<Path>,
     ) -> Result<tokio::net::UnixListener, UpgradeError> {
         let path = path.as_ref();
-        let fd = self.claim(
-            name,
-            Kind::Unix,
-            |fd| {
-                let bound = local_path(fd)?;
-                Ok(bound.as_deref() == Some(path))
-            },
-            || bind_unix(path),
-        )?;
-        let listener = std::os::unix::net::UnixListener::from(fd);
-        listener
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::UnixListener::from_std(listener))
-            .map_err(|err| UpgradeError::listener(name, "registering it with the runtime", err))
+        let same_path = |fd: BorrowedFd<'_>| Ok(local_path(fd)?.as_deref() == Some(path));
+        let fd = self.claim(name, Kind::Unix, same_path, || bind_unix(path))?;
+        register(name, fd, tokio::net::UnixListener::from_std)
     }
 
     /// The UDP socket named `name`, inherited if this process was handed one bound to `addr`,
@@ -173,24 +145,30 @@ impl Listeners {
         name: &str,
         addr: impl ToSocketAddrs,
     ) -> Result<tokio::net::UdpSocket, UpgradeError> {
+        let fd = self.claim_inet(name, Kind::Udp, addr, |wanted| {
+            Ok(std::net::UdpSocket::bind(wanted)?.into())
+        })?;
+        register(name, fd, tokio::net::UdpSocket::from_std)
+    }
+
+    /// [`claim`](Self::claim) for an IP socket: the held one if bound to one of the addresses
+    /// `addr` resolves to, else one from `bind`.
+    fn claim_inet(
+        &self,
+        name: &str,
+        kind: Kind,
+        addr: impl ToSocketAddrs,
+        bind: impl FnOnce(&[SocketAddr]) -> io::Result<OwnedFd>,
+    ) -> Result<OwnedFd, UpgradeError> {
         let wanted: Vec<SocketAddr> = addr
             .to_socket_addrs()
             .map_err(|err| UpgradeError::listener(name, "resolving its address", err))?
             .collect();
-        let fd = self.claim(
-            name,
-            Kind::Udp,
-            |fd| {
-                let bound = local_inet(fd)?;
-                Ok(wanted.iter().any(|want| same_inet(*want, bound)))
-            },
-            || Ok(std::net::UdpSocket::bind(&wanted[..])?.into()),
-        )?;
-        let socket = std::net::UdpSocket::from(fd);
-        socket
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::UdpSocket::from_std(socket))
-            .map_err(|err| UpgradeError::listener(name, "registering it with the runtime", err))
+        let same_address = |fd: BorrowedFd<'_>| {
+            let bound = local_inet(fd)?;
+            Ok(wanted.iter().any(|want| same_inet(*want, bound)))
+        };
+        self.claim(name, kind, same_address, || bind(&wanted))
     }
 
     /// The names of every socket held, in handover order.
@@ -268,6 +246,18 @@ impl Listeners {
         }
         Ok((names, fds))
     }
+}
+
+/// Hands `fd` to the runtime as a `T`, non-blocking as tokio wants it.
+fn register<S: From<OwnedFd>, T>(
+    name: &str,
+    fd: OwnedFd,
+    from_std: impl FnOnce(S) -> io::Result<T>,
+) -> Result<T, UpgradeError> {
+    rustix::io::ioctl_fionbio(&fd, true)
+        .map_err(io::Error::from)
+        .and_then(|()| from_std(S::from(fd)))
+        .map_err(|err| UpgradeError::listener(name, "registering it with the runtime", err))
 }
 
 /// What kind of socket `fd` is, if one of ours.

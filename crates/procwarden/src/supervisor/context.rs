@@ -5,7 +5,9 @@ use std::any::Any;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Poll;
 
+use futures_util::task::AtomicWaker;
 use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
@@ -34,6 +36,11 @@ pub(crate) struct Run {
     ready_sent: AtomicBool,
     supervisor: Arc<SupervisorHandle>,
     spawned: Mutex<Spawned>,
+    /// Set to end the run's task at its next poll. The supervisor keeps this rather than the
+    /// task's `AbortHandle`, which would keep the task's memory allocated until the supervisor
+    /// lets go of it: this way a task is freed when it ends, by the worker that ran it.
+    aborted: AtomicBool,
+    abort_waker: AtomicWaker,
 }
 
 /// The tasks a run spawned, until the run is over.
@@ -119,6 +126,28 @@ impl Run {
             ready_sent: AtomicBool::new(false),
             supervisor,
             spawned: Mutex::new(Spawned::default()),
+            aborted: AtomicBool::new(false),
+            abort_waker: AtomicWaker::new(),
+        }
+    }
+
+    /// Ends the run's task at its next poll, whatever it is waiting for.
+    pub(crate) fn abort(&self) {
+        self.aborted.store(true, Ordering::Release);
+        self.abort_waker.wake();
+    }
+
+    /// Whether the run was aborted; if not, `cx` is woken when it is.
+    pub(crate) fn poll_aborted(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.aborted.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        self.abort_waker.register(cx.waker());
+        // Checked again: an abort between the first check and the registration woke no one.
+        if self.aborted.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 

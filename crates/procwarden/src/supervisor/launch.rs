@@ -3,10 +3,11 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use futures_util::FutureExt;
-use tokio::task::AbortHandle;
 use tracing::Instrument;
 
 use super::core::Msg;
@@ -15,7 +16,7 @@ use super::{BoxError, Context, ExitReason};
 
 /// Spawns `run(ctx)` as a task. Generic, so the child's future sits in the task unboxed; the
 /// `tracing` span is attached only when something listens for it.
-pub(crate) fn spawn<F, Fut, E>(run: Arc<F>, ctx: Context) -> AbortHandle
+pub(crate) fn spawn<F, Fut, E>(run: Arc<F>, ctx: Context)
 where
     F: Fn(Context) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
@@ -23,10 +24,12 @@ where
 {
     let span = tracing::info_span!("child", path = %ctx.run().slot.path());
     let task = run_child(run, ctx);
+    // No `JoinHandle` or `AbortHandle` is kept (see `Run::abort`): the exit is reported by the
+    // task itself, or decided by the supervisor when it aborts the run.
     if span.is_disabled() {
-        tokio::spawn(task).abort_handle()
+        drop(tokio::spawn(task));
     } else {
-        tokio::spawn(task.instrument(span)).abort_handle()
+        drop(tokio::spawn(task.instrument(span)));
     }
 }
 
@@ -44,7 +47,26 @@ where
             self.0.run().close_spawned();
         }
     }
-    let _close_spawned = CloseSpawned(ctx.clone());
+    let close_spawned = CloseSpawned(ctx);
+    let ctx = &close_spawned.0;
+    let mut run_and_report = pin!(run_and_report(run, ctx));
+    // An abort drops the run where it stands, as aborting its task would.
+    std::future::poll_fn(|cx| {
+        if ctx.run().poll_aborted(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        run_and_report.as_mut().poll(cx)
+    })
+    .await;
+}
+
+/// The function, contained, then the tasks it spawned, then the report.
+async fn run_and_report<F, Fut, E>(run: Arc<F>, ctx: &Context)
+where
+    F: Fn(Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<BoxError> + 'static,
+{
     // The call is inside the contained future: a panic before the first `.await` is caught too.
     let outcome = AssertUnwindSafe(async { run(ctx.clone()).await.map_err(Into::into) })
         .catch_unwind()

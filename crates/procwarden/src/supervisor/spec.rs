@@ -6,8 +6,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::AbortHandle;
-
 use super::{Backoff, Context, Restart, Supervisor};
 
 /// The error type a child may return: anything that converts into a boxed error, as
@@ -19,7 +17,7 @@ pub type ChildResult = Result<(), BoxError>;
 
 /// Spawns one run of a child as a task; made generic over the child's future by
 /// [`ChildSpec::new`], so that the future lives in the task itself, unboxed.
-pub(crate) type Launch = Arc<dyn Fn(Context) -> AbortHandle + Send + Sync>;
+pub(crate) type Launch = Arc<dyn Fn(Context) + Send + Sync>;
 
 /// How long a child may take to stop once asked (OTP's `shutdown` child option).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

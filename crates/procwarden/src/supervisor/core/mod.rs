@@ -17,12 +17,11 @@ use std::time::Duration;
 
 use slab::Slab;
 use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use self::slot::{After, Live, Reply, Slot, State};
+use self::slot::{After, Reply, Slot, State};
 use self::timer::{Kind, Timer, Timers};
 use super::context::{Run, SlotShared, nested_handle};
 use super::intensity::RestartLog;
@@ -84,12 +83,6 @@ pub(crate) struct StatusReport {
 pub(crate) struct SlotReport {
     pub(crate) status: ChildStatus,
     pub(crate) nested: Option<SupervisorHandle>,
-}
-
-/// A run whose context is made and whose task is not spawned yet.
-struct Prepared {
-    ctx: Context,
-    token: CancellationToken,
 }
 
 /// What woke the event loop.
@@ -431,9 +424,9 @@ impl Core {
 
     fn start(&mut self, key: usize) {
         let now = Instant::now();
-        let prepared = self.prepare(key, now);
-        let abort = (self.slots[key].spec.launch)(prepared.ctx);
-        self.commit(key, abort, prepared.token, now);
+        let ctx = self.prepare(key, now);
+        (self.slots[key].spec.launch)(ctx.clone());
+        self.commit(key, ctx, now);
     }
 
     /// Starts a pool's first children in three passes — make every context, spawn every task,
@@ -441,42 +434,36 @@ impl Core {
     /// workers keep stealing them instead of parking and being woken for each one.
     fn start_burst(&mut self, keys: &[usize]) {
         let now = Instant::now();
-        let prepared: Vec<Prepared> = keys.iter().map(|&key| self.prepare(key, now)).collect();
-        let launched: Vec<(usize, AbortHandle, CancellationToken)> = prepared
-            .into_iter()
-            .zip(keys)
-            .map(|(prepared, &key)| {
-                let abort = (self.slots[key].spec.launch)(prepared.ctx);
-                (key, abort, prepared.token)
-            })
-            .collect();
-        for (key, abort, token) in launched {
-            self.commit(key, abort, token, now);
+        let prepared: Vec<Context> = keys.iter().map(|&key| self.prepare(key, now)).collect();
+        for (ctx, &key) in prepared.iter().zip(keys) {
+            (self.slots[key].spec.launch)(ctx.clone());
+        }
+        for (ctx, &key) in prepared.into_iter().zip(keys) {
+            self.commit(key, ctx, now);
         }
     }
 
     /// A new run's context, not yet spawned.
-    fn prepare(&mut self, key: usize, now: Instant) -> Prepared {
+    fn prepare(&mut self, key: usize, now: Instant) -> Context {
         let generation = self.next_generation();
         let token = self.children_token.child_token();
         let slot = &mut self.slots[key];
         slot.generation = generation;
         slot.since = Some(now);
-        let ctx = Context::new(Run::new(
+        Context::new(Run::new(
             Arc::clone(&slot.shared),
             key,
             generation,
-            token.clone(),
+            token,
             Arc::clone(&self.handle),
-        ));
-        Prepared { ctx, token }
+        ))
     }
 
     /// Records a run just spawned: it is live, and starting or, if it reports no readiness, ready.
-    fn commit(&mut self, key: usize, abort: AbortHandle, token: CancellationToken, now: Instant) {
+    fn commit(&mut self, key: usize, run: Context, now: Instant) {
         let slot = &mut self.slots[key];
         let generation = slot.generation;
-        slot.live = Some(Live { abort, token });
+        slot.live = Some(run);
         self.live += 1;
         self.emit(key, || EventKind::Starting);
         let slot = &mut self.slots[key];
@@ -747,12 +734,12 @@ impl Core {
         slot.state = State::Stopping(after);
         match slot.spec.shutdown {
             Shutdown::Brutal => {
-                live.abort.abort();
+                live.run().abort();
                 self.exits
                     .push_back((key, slot.generation, ExitReason::Aborted));
             }
             Shutdown::Timeout(grace) => {
-                live.token.cancel();
+                live.run().token.cancel();
                 self.timers.push(Timer {
                     at: now + grace,
                     key,
@@ -760,7 +747,7 @@ impl Core {
                     kind: Kind::Stop,
                 });
             }
-            Shutdown::Infinity => live.token.cancel(),
+            Shutdown::Infinity => live.run().token.cancel(),
         }
         self.emit(key, || EventKind::Stopping);
     }
@@ -840,7 +827,7 @@ impl Core {
         let slot = &self.slots[key];
         if let Some(live) = &slot.live {
             tracing::warn!(path = %slot.shared.path(), "still running after its grace period: aborting");
-            live.abort.abort();
+            live.run().abort();
             self.exits
                 .push_back((key, slot.generation, ExitReason::Aborted));
         }
@@ -912,7 +899,7 @@ impl Core {
             match slot.spec.shutdown {
                 Shutdown::Brutal => {
                     if let Some(live) = &slot.live {
-                        live.abort.abort();
+                        live.run().abort();
                     }
                     self.exits
                         .push_back((key, slot.generation, ExitReason::Aborted));
@@ -936,7 +923,7 @@ impl Core {
         tracing::warn!("aborting all children");
         for (_, slot) in &mut self.slots {
             if let Some(live) = slot.live.take() {
-                live.abort.abort();
+                live.run().abort();
                 slot.last_exit = Some(ExitReason::Aborted);
             }
             slot.state = State::Stopped;
@@ -1151,7 +1138,7 @@ impl Drop for Core {
     fn drop(&mut self) {
         for (_, slot) in &self.slots {
             if let Some(live) = &slot.live {
-                live.abort.abort();
+                live.run().abort();
             }
         }
         self.children_token.cancel();

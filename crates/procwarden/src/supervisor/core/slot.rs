@@ -3,12 +3,10 @@
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::super::context::SlotShared;
-use super::super::{ChildSpec, ChildState, ChildStatus, ExitReason, SupervisorError};
+use super::super::{ChildSpec, ChildState, ChildStatus, Context, ExitReason, SupervisorError};
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, SupervisorError>>;
 
@@ -22,18 +20,13 @@ pub(super) struct Slot {
     /// Identifies the current run, or the current backoff; messages and timers that carry an
     /// older one are stale.
     pub(super) generation: u64,
-    pub(super) live: Option<Live>,
+    /// The run in progress: through it the child is told to stop, or aborted.
+    pub(super) live: Option<Context>,
     pub(super) restarts: u32,
     /// Consecutive restarts since the child last ran stably; drives the backoff.
     pub(super) attempt: u32,
     pub(super) since: Option<Instant>,
     pub(super) last_exit: Option<ExitReason>,
-}
-
-/// The task of a run in progress.
-pub(super) struct Live {
-    pub(super) abort: AbortHandle,
-    pub(super) token: CancellationToken,
 }
 
 pub(super) enum State {

@@ -1,6 +1,6 @@
 //! The `Supervisor` and its builder.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -48,6 +48,9 @@ pub(crate) struct Definition {
     pub(crate) intensity: Intensity,
     pub(crate) dynamic: bool,
     pub(crate) children: Vec<Arc<ChildSpec>>,
+    /// Each first child's position in `children`, by name: made once by the builder's
+    /// duplicate check, so that no run of the supervisor has to index them again.
+    pub(crate) index: HashMap<Arc<str>, usize>,
 }
 
 pub(crate) struct Channel {
@@ -111,10 +114,10 @@ impl SupervisorBuilder {
     /// Checks the names and builds the supervisor.
     pub fn build(self) -> Result<Supervisor, SupervisorError> {
         name::validate(&self.name)?;
-        let mut seen = HashSet::with_capacity(self.children.len());
-        for child in &self.children {
+        let mut index = HashMap::with_capacity(self.children.len());
+        for (position, child) in self.children.iter().enumerate() {
             name::validate(&child.name)?;
-            if !seen.insert(&*child.name) {
+            if index.insert(Arc::clone(&child.name), position).is_some() {
                 return Err(SupervisorError::DuplicateName {
                     path: format!("{}/{}", self.name, child.name),
                 });
@@ -127,6 +130,7 @@ impl SupervisorBuilder {
                 intensity: self.intensity,
                 dynamic: self.dynamic,
                 children: self.children.into_iter().map(Arc::new).collect(),
+                index,
             }),
             channel: Some(Channel::new()),
             tree: Tree::new(),

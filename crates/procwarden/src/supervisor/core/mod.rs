@@ -9,7 +9,6 @@ mod slot;
 mod timer;
 
 use std::any::Any;
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::mem;
 use std::sync::Arc;
@@ -107,6 +106,8 @@ pub(crate) struct Core {
     /// The context this supervisor runs under, when it is nested.
     parent: Option<Context>,
     slots: Slab<Slot>,
+    /// Children added at run time, by name; the first children are found through the
+    /// definition's index.
     names: HashMap<Arc<str>, usize>,
     next_seq: u64,
     next_generation: u64,
@@ -203,16 +204,12 @@ impl Core {
             self.observed = self.handle.tree().events.receiver_count() > 0;
             let definition = Arc::clone(&self.definition);
             self.slots.reserve(definition.children.len());
-            self.names.reserve(definition.children.len());
             // All slots first, then all spawns back to back: a burst keeps the runtime's other
             // workers busy stealing instead of parking and being woken for each task.
             let keys: Vec<usize> = definition
                 .children
                 .iter()
-                .map(|spec| {
-                    self.insert(Arc::clone(spec))
-                        .expect("names checked by the builder")
-                })
+                .map(|spec| self.insert_first(Arc::clone(spec)))
                 .collect();
             if definition.dynamic {
                 self.start_burst(&keys);
@@ -347,31 +344,51 @@ impl Core {
     }
 
     fn key_of(&self, name: &str) -> Result<usize, SupervisorError> {
-        self.names
-            .get(name)
-            .copied()
-            .ok_or_else(|| SupervisorError::NoSuchChild {
-                path: format!("{}/{name}", self.handle.path()),
-            })
+        self.find(name).ok_or_else(|| SupervisorError::NoSuchChild {
+            path: format!("{}/{name}", self.handle.path()),
+        })
+    }
+
+    fn find(&self, name: &str) -> Option<usize> {
+        if let Some(&key) = self.names.get(name) {
+            return Some(key);
+        }
+        // A first child's key and sequence number are its position, for as long as it stays;
+        // once removed, its key may hold a child added later, with a later sequence number.
+        let &position = self.definition.index.get(name)?;
+        self.slots
+            .get(position)
+            .is_some_and(|slot| slot.seq == position as u64)
+            .then_some(position)
     }
 
     // ---- adding, starting, readiness -------------------------------------------------------
 
-    /// Gives a child its slot; its name must already be valid.
+    /// Gives a child added at run time its slot; its name must already be valid.
     fn insert(&mut self, spec: Arc<ChildSpec>) -> Result<usize, SupervisorError> {
+        if self.find(&spec.name).is_some() {
+            return Err(SupervisorError::DuplicateName {
+                path: format!("{}/{}", self.handle.path(), spec.name),
+            });
+        }
+        let name = Arc::clone(&spec.name);
+        let key = self.insert_slot(spec);
+        self.names.insert(name, key);
+        Ok(key)
+    }
+
+    /// Gives one of the definition's children its slot, at its position: the builder checked
+    /// the names, and the definition's index finds it.
+    fn insert_first(&mut self, spec: Arc<ChildSpec>) -> usize {
+        let key = self.insert_slot(spec);
+        debug_assert_eq!(Some(key), self.find(&self.slots[key].spec.name));
+        key
+    }
+
+    fn insert_slot(&mut self, spec: Arc<ChildSpec>) -> usize {
         let parent = Arc::clone(self.handle.shared_path());
         let entry = self.slots.vacant_entry();
         let key = entry.key();
-        match self.names.entry(Arc::clone(&spec.name)) {
-            Entry::Occupied(_) => {
-                return Err(SupervisorError::DuplicateName {
-                    path: format!("{parent}/{}", spec.name),
-                });
-            }
-            Entry::Vacant(vacant) => {
-                vacant.insert(key);
-            }
-        }
         let shared = Arc::new(SlotShared::new(
             Arc::clone(&spec.name),
             parent,
@@ -382,7 +399,7 @@ impl Core {
         self.next_seq += 1;
         entry.insert(Slot::new(seq, spec, shared));
         self.active += 1;
-        Ok(key)
+        key
     }
 
     fn add(&mut self, spec: ChildSpec) -> Result<(), SupervisorError> {
@@ -1144,3 +1161,6 @@ impl Drop for Core {
         self.children_token.cancel();
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -31,6 +31,7 @@ mod error;
 mod event;
 mod exit;
 mod handle;
+mod index;
 mod intensity;
 mod launch;
 mod name;

@@ -1,6 +1,5 @@
 //! The `Supervisor` and its builder.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -8,6 +7,7 @@ use tokio::task::JoinHandle;
 
 use super::core::{Core, Msg};
 use super::handle::Tree;
+use super::index::{IndexError, NameIndex};
 use super::{ChildSpec, Context, Intensity, Strategy, SupervisorError, SupervisorHandle, name};
 
 /// A tree of async services: named children started in order, restarted by policy, stopped
@@ -50,7 +50,7 @@ pub(crate) struct Definition {
     pub(crate) children: Vec<Arc<ChildSpec>>,
     /// Each first child's position in `children`, by name: made once by the builder's
     /// duplicate check, so that no run of the supervisor has to index them again.
-    pub(crate) index: HashMap<Arc<str>, usize>,
+    pub(crate) index: NameIndex,
 }
 
 pub(crate) struct Channel {
@@ -114,15 +114,14 @@ impl SupervisorBuilder {
     /// Checks the names and builds the supervisor.
     pub fn build(self) -> Result<Supervisor, SupervisorError> {
         name::validate(&self.name)?;
-        let mut index = HashMap::with_capacity(self.children.len());
-        for (position, child) in self.children.iter().enumerate() {
-            name::validate(&child.name)?;
-            if index.insert(Arc::clone(&child.name), position).is_some() {
-                return Err(SupervisorError::DuplicateName {
-                    path: format!("{}/{}", self.name, child.name),
-                });
-            }
-        }
+        let index = NameIndex::build(&self.children, |child| name::validate(child).is_ok())
+            .map_err(|err| match err {
+                IndexError::Invalid(position) => name::validate(&self.children[position].name)
+                    .expect_err("the index found this name invalid"),
+                IndexError::Duplicate(position) => SupervisorError::DuplicateName {
+                    path: format!("{}/{}", self.name, self.children[position].name),
+                },
+            })?;
         Ok(Supervisor {
             definition: Arc::new(Definition {
                 name: self.name.into(),

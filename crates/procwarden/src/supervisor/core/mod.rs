@@ -355,7 +355,8 @@ impl Core {
         }
         // A first child's key and sequence number are its position, for as long as it stays;
         // once removed, its key may hold a child added later, with a later sequence number.
-        let &position = self.definition.index.get(name)?;
+        let definition = &self.definition;
+        let position = definition.index.find(name, &definition.children)?;
         self.slots
             .get(position)
             .is_some_and(|slot| slot.seq == position as u64)

@@ -12,11 +12,26 @@ use tracing::Instrument;
 
 use super::core::Msg;
 use super::exit::panic_message;
+use super::spec::LaunchRun;
 use super::{BoxError, Context, ExitReason};
+
+/// A child's function, as its spec keeps it.
+pub(crate) struct ChildFn<F>(pub(crate) F);
+
+impl<F, Fut, E> LaunchRun for ChildFn<F>
+where
+    F: Fn(Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<BoxError> + 'static,
+{
+    fn launch(self: Arc<Self>, ctx: Context) {
+        spawn(self, ctx);
+    }
+}
 
 /// Spawns `run(ctx)` as a task. Generic, so the child's future sits in the task unboxed; the
 /// `tracing` span is attached only when something listens for it.
-pub(crate) fn spawn<F, Fut, E>(run: Arc<F>, ctx: Context)
+fn spawn<F, Fut, E>(run: Arc<ChildFn<F>>, ctx: Context)
 where
     F: Fn(Context) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
@@ -34,7 +49,7 @@ where
 }
 
 /// The run itself: the function, contained, then the tasks it spawned, then the report.
-async fn run_child<F, Fut, E>(run: Arc<F>, ctx: Context)
+async fn run_child<F, Fut, E>(run: Arc<ChildFn<F>>, ctx: Context)
 where
     F: Fn(Context) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
@@ -61,14 +76,14 @@ where
 }
 
 /// The function, contained, then the tasks it spawned, then the report.
-async fn run_and_report<F, Fut, E>(run: Arc<F>, ctx: &Context)
+async fn run_and_report<F, Fut, E>(run: Arc<ChildFn<F>>, ctx: &Context)
 where
     F: Fn(Context) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Into<BoxError> + 'static,
 {
     // The call is inside the contained future: a panic before the first `.await` is caught too.
-    let outcome = AssertUnwindSafe(async { run(ctx.clone()).await.map_err(Into::into) })
+    let outcome = AssertUnwindSafe(async { (run.0)(ctx.clone()).await.map_err(Into::into) })
         .catch_unwind()
         .await;
     let state = ctx.run();

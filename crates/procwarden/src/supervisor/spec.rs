@@ -16,8 +16,13 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub type ChildResult = Result<(), BoxError>;
 
 /// Spawns one run of a child as a task; made generic over the child's future by
-/// [`ChildSpec::new`], so that the future lives in the task itself, unboxed.
-pub(crate) type Launch = Arc<dyn Fn(Context) + Send + Sync>;
+/// [`ChildSpec::new`], so that the future lives in the task itself, unboxed. The function is
+/// the launcher itself: one allocation per spec, and one less pointer to follow per start.
+pub(crate) type Launch = Arc<dyn LaunchRun>;
+
+pub(crate) trait LaunchRun: Send + Sync {
+    fn launch(self: Arc<Self>, ctx: Context);
+}
 
 /// How long a child may take to stop once asked (OTP's `shutdown` child option).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -115,8 +120,7 @@ impl ChildSpec {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
-        let run = Arc::new(run);
-        let launch: Launch = Arc::new(move |ctx| super::launch::spawn(Arc::clone(&run), ctx));
+        let launch: Launch = Arc::new(super::launch::ChildFn(run));
         Self {
             name: name.into().into(),
             launch,

@@ -443,7 +443,7 @@ impl Core {
     fn start(&mut self, key: usize) {
         let now = Instant::now();
         let ctx = self.prepare(key, now);
-        (self.slots[key].spec.launch)(ctx.clone());
+        Arc::clone(&self.slots[key].spec.launch).launch(ctx.clone());
         self.commit(key, ctx, now);
     }
 
@@ -454,7 +454,7 @@ impl Core {
         let now = Instant::now();
         let prepared: Vec<Context> = keys.iter().map(|&key| self.prepare(key, now)).collect();
         for (ctx, &key) in prepared.iter().zip(keys) {
-            (self.slots[key].spec.launch)(ctx.clone());
+            Arc::clone(&self.slots[key].spec.launch).launch(ctx.clone());
         }
         for (ctx, &key) in prepared.into_iter().zip(keys) {
             self.commit(key, ctx, now);

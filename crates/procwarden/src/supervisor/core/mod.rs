@@ -247,10 +247,18 @@ impl Core {
             if next != armed {
                 if next.is_some() && !looked {
                     // A child asked to stop (or start) usually answers at once. Arming its
-                    // deadline wakes the timer driver, so first let it run and read its answer.
+                    // deadline wakes the timer driver, so first let it run and read its answer:
+                    // woken by the answer itself, or once this worker has nothing else to run.
                     looked = true;
-                    tokio::task::yield_now().await;
+                    tokio::select! {
+                        biased;
+                        _ = self.receiver.recv_many(&mut batch, 256) => {}
+                        () = tokio::task::yield_now() => {}
+                    }
                     self.observed = self.handle.tree().events.receiver_count() > 0;
+                    for msg in batch.drain(..) {
+                        self.handle_msg(msg);
+                    }
                     while let Ok(msg) = self.receiver.try_recv() {
                         self.handle_msg(msg);
                     }

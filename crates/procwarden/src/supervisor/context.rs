@@ -137,6 +137,12 @@ impl Run {
         self.abort_waker.wake();
     }
 
+    /// Lets go of the task's waker once the task is over: the supervisor keeps the run, and the
+    /// waker would keep the finished task's memory allocated until then.
+    pub(crate) fn release_task(&self) {
+        drop(self.abort_waker.take());
+    }
+
     /// Whether the run was aborted; if not, `cx` is woken when it is.
     pub(crate) fn poll_aborted(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
         if self.aborted.load(Ordering::Acquire) {

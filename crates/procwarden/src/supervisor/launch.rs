@@ -55,11 +55,13 @@ where
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Into<BoxError> + 'static,
 {
-    /// Aborting this task must abort the tasks it spawned too.
+    /// Aborting this task must abort the tasks it spawned too; and however the task ends, the
+    /// run must not keep it allocated.
     struct CloseSpawned(Context);
     impl Drop for CloseSpawned {
         fn drop(&mut self) {
             self.0.run().close_spawned();
+            self.0.run().release_task();
         }
     }
     let close_spawned = CloseSpawned(ctx);

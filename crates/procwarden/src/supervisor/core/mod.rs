@@ -894,33 +894,30 @@ impl Core {
         self.group = None;
         self.pending.clear();
         self.unready.clear();
+        if self.definition.dynamic {
+            self.stop_pool();
+            return;
+        }
         let mut up = Vec::new();
         for (key, slot) in &mut self.slots {
-            match slot.state {
-                State::Starting | State::Running => up.push((slot.seq, key)),
-                State::Waiting | State::Backoff(_) => {
-                    slot.state = State::Stopped;
-                    self.active -= 1;
-                }
-                State::Stopping(_) | State::Stopped => {}
+            if is_up_at_shutdown(slot, &mut self.active) {
+                up.push((slot.seq, key));
             }
         }
-        if self.definition.dynamic {
-            self.stop_pool(up);
-        } else {
-            up.sort_unstable();
-            self.stop_queue = up;
-            self.advance_stop_queue();
-        }
+        up.sort_unstable();
+        self.stop_queue = up;
+        self.advance_stop_queue();
     }
 
-    /// Stops every child of a pool at once: one cancellation reaches them all, and one timer per
-    /// distinct grace period covers them.
-    fn stop_pool(&mut self, up: Vec<(u64, usize)>) {
+    /// Stops every child of a pool at once, in one pass over the slots: one cancellation reaches
+    /// them all, and one timer per distinct grace period covers them.
+    fn stop_pool(&mut self) {
         let now = Instant::now();
         let mut graces = Vec::new();
-        for (_, key) in up {
-            let slot = &mut self.slots[key];
+        for (key, slot) in &mut self.slots {
+            if !is_up_at_shutdown(slot, &mut self.active) {
+                continue;
+            }
             slot.state = State::Stopping(After::Nothing);
             match slot.spec.shutdown {
                 Shutdown::Brutal => {
@@ -1155,6 +1152,20 @@ impl Core {
             own,
             children: children.into_iter().map(|(_, report)| report).collect(),
         }
+    }
+}
+
+/// Whether a child is to be stopped by a shutdown; one waiting to start (or restart) is
+/// stopped for good at once, and leaves the `active` count.
+fn is_up_at_shutdown(slot: &mut Slot, active: &mut usize) -> bool {
+    match slot.state {
+        State::Starting | State::Running => true,
+        State::Waiting | State::Backoff(_) => {
+            slot.state = State::Stopped;
+            *active -= 1;
+            false
+        }
+        State::Stopping(_) | State::Stopped => false,
     }
 }
 

@@ -315,7 +315,7 @@ impl Upgrader {
                         tracing::warn!(
                             "the previous generation went away before accepting; serving alone"
                         );
-                        inner.speak_for_itself();
+                        inner.speak_for_itself().await;
                     }
                     inner.start_accepting();
                 });
@@ -493,7 +493,7 @@ impl Inner {
             .await?;
         let ready_at = Instant::now();
         tracing::info!(pid, "new generation ready");
-        self.write_pid_file(pid);
+        self.write_pid_file(pid).await;
         self.notify(&format!(
             "MAINPID={pid}\nREADY=1\nSTATUS=handed over to PID {pid}"
         ));
@@ -501,7 +501,7 @@ impl Inner {
         if let Some(probation) = self.probation {
             tokio::select! {
                 status = child.exited() => {
-                    self.write_pid_file(std::process::id());
+                    self.write_pid_file(std::process::id()).await;
                     return Err(UpgradeError::FailedProbation { pid, status, after: ready_at.elapsed() });
                 }
                 () = tokio::time::sleep(probation) => {}
@@ -563,16 +563,22 @@ impl Inner {
 
     /// Writes the pid file and tells systemd this process is the service now, for a successor
     /// whose predecessor went away before accepting it.
-    fn speak_for_itself(&self) {
-        self.write_pid_file(std::process::id());
+    async fn speak_for_itself(&self) {
+        self.write_pid_file(std::process::id()).await;
         self.notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
     }
 
-    fn write_pid_file(&self, pid: u32) {
-        if let Some(path) = &self.pid_file
-            && let Err(err) = pid_file::write(path, pid)
-        {
-            tracing::error!(error = %err, "the pid file could not be replaced");
+    /// Replaces the pid file on a blocking thread: the write is synced to disk, which must not
+    /// stall the connections this runtime serves.
+    async fn write_pid_file(&self, pid: u32) {
+        let Some(path) = self.pid_file.clone() else {
+            return;
+        };
+        let written = tokio::task::spawn_blocking(move || pid_file::write(&path, pid)).await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(error = %err, "the pid file could not be replaced"),
+            Err(err) => tracing::error!(error = %err, "the pid file could not be replaced"),
         }
     }
 

@@ -3,7 +3,7 @@
 //! ```text
 //! upgrade_server --listen 127.0.0.1:PORT [--pid-file PATH] [--ready-delay MS]
 //!                [--ready-timeout MS] [--probation MS] [--unix PATH] [--udp ADDR]
-//!                [--crash-after-ready MS]
+//!                [--crash-after-ready MS] [--upgrade-signal USR2|HUP]
 //! ```
 //!
 //! Every request is answered `200` with the body `pid <PID>\n`, with keep-alive. SIGUSR2
@@ -12,7 +12,8 @@
 //!
 //! `--ready-delay` simulates a slow start. `--unix` and `--udp` add listeners of the other
 //! kinds (the Unix one speaks the same HTTP; the UDP one answers each datagram with
-//! `pid <PID>\n`). `--crash-after-ready` makes the process abort that long after it starts
+//! `pid <PID>\n`). `--upgrade-signal HUP` makes SIGHUP upgrade (as reload_self has it) instead
+//! of reloading. `--crash-after-ready` makes the process abort that long after it starts
 //! serving (for a successor: after its predecessor accepted it), to try rollback during probation.
 //!
 //! Try it:
@@ -30,6 +31,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use procwarden::process::Signal;
 use procwarden::upgrade::Upgrader;
 use procwarden::{ChildSpec, Context, Supervisor};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -54,6 +56,7 @@ struct Options {
     unix: Option<PathBuf>,
     udp: Option<String>,
     crash_after_ready: Option<Duration>,
+    upgrade_signal: Option<Signal>,
 }
 
 fn main() -> ExitCode {
@@ -90,6 +93,9 @@ async fn serve(options: Options) -> Result<ExitCode, BoxError> {
     }
     if let Some(probation) = options.probation {
         builder = builder.probation(probation);
+    }
+    if let Some(signal) = options.upgrade_signal {
+        builder = builder.signal(Some(signal));
     }
     let upgrader = builder.build()?;
     // Bind (or inherit) every listener before anything starts, so a bad address fails fast.
@@ -391,6 +397,13 @@ fn parse(mut args: impl Iterator<Item = OsString>) -> Result<Options, String> {
             "--crash-after-ready" => options.crash_after_ready = Some(millis(value()?)?),
             "--unix" => options.unix = Some(value()?.into()),
             "--udp" => options.udp = Some(value()?),
+            "--upgrade-signal" => {
+                let name = value()?;
+                let signal = name
+                    .parse()
+                    .map_err(|_| format!("{name:?} is not a signal"))?;
+                options.upgrade_signal = Some(signal);
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }

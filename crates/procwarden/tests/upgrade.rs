@@ -584,6 +584,58 @@ fn triggers_during_an_upgrade_join_it_and_get_its_outcome() {
     server.stop_all(&[], gen2);
 }
 
+// ---- 2. the SIGHUP trigger --------------------------------------------------------------------
+
+#[test]
+fn sighup_reloads_by_default_and_upgrades_when_it_is_the_upgrade_signal() {
+    let dir = TempDir::new("sighup");
+    let program = deploy_path(&dir);
+
+    // By default SIGHUP reloads the tree and starts no new generation.
+    let reloading = start(&program, &["--listen", "127.0.0.1:0"], &dir);
+    let gen1 = reloading.first;
+    reloading.signal(gen1, libc::SIGHUP);
+    reloading.log().wait_for("the reload", |line| {
+        line.contains("reload requested by signal")
+    });
+    assert_eq!(
+        reloading
+            .log()
+            .count(|line| line.contains("upgrade requested by signal")),
+        0
+    );
+    assert_eq!(tcp_get(tcp_port(gen1)).expect("after the reload"), gen1);
+    reloading.stop_all(&[], gen1);
+    drop(reloading);
+
+    // With `--upgrade-signal HUP`, SIGHUP upgrades, and does not also reload.
+    let args = ["--listen", "127.0.0.1:0", "--upgrade-signal", "HUP"];
+    let upgrading = start(&program, &args, &dir);
+    let gen1 = upgrading.first;
+    let port = tcp_port(gen1);
+    upgrading.signal(gen1, libc::SIGHUP);
+    let drained = format!("upgrade_server[{gen1}]: drained; PID ");
+    let line = upgrading
+        .log()
+        .wait_for("the first generation to hand over", |line| {
+            line.contains(&drained)
+        });
+    let gen2: u32 = line[line.find(&drained).unwrap() + drained.len()..]
+        .split(' ')
+        .next()
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no PID in {line:?}"));
+    upgrading.expect_clean_exit(gen1);
+    assert_eq!(tcp_get(port).expect("after the upgrade"), gen2);
+    assert_eq!(
+        upgrading
+            .log()
+            .count(|line| line.contains("reload requested by signal")),
+        0
+    );
+    upgrading.stop_all(&[], gen2);
+}
+
 // ---- 6. deploys -------------------------------------------------------------------------------
 
 #[test]

@@ -39,6 +39,10 @@ pub(crate) struct Exec {
     report: RawFd,
 }
 
+// SAFETY: the raw pointers point into the `CString`s and the PID slot owned by the same value;
+// moving it moves their heap buffers' owners, not the buffers, and nothing else aliases them.
+unsafe impl Send for Exec {}
+
 /// Why a string cannot be given to the child.
 fn nul_error(what: &str) -> io::Error {
     io::Error::new(

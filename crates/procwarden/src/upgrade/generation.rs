@@ -42,7 +42,10 @@ pub(crate) struct NewGeneration {
 
 impl NewGeneration {
     /// Starts `program` with the listeners at 3, 4, … and its end of the handshake after them.
-    pub(crate) fn spawn(program: &Program, listeners: &Listeners) -> Result<Self, UpgradeError> {
+    pub(crate) async fn spawn(
+        program: &Program,
+        listeners: &Listeners,
+    ) -> Result<Self, UpgradeError> {
         let spawn_error = |source: io::Error| UpgradeError::Spawn {
             path: program.path.clone(),
             source: source.into(),
@@ -65,13 +68,17 @@ impl NewGeneration {
             true,
         )
         .map_err(spawn_error)?;
-        let pid = plan.spawn().map_err(spawn_error)?;
-        // Only the child may hold its end now, so that its exit closes the socket.
-        drop(theirs);
-        drop(fds);
+        // The listeners' copies and the child's end stay open until the child has its own.
+        let mut held = fds;
+        held.push(theirs);
+        let (started, exited) = start_and_watch(plan, held).map_err(spawn_error)?;
+        let pid = started
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("the starting thread ended")))
+            .map_err(spawn_error)?;
         let mut generation = Self {
             pid,
-            exited: watch_exit(pid),
+            exited,
             handshake: None,
             accepted: false,
             reaped: false,
@@ -195,23 +202,38 @@ impl Drop for NewGeneration {
     }
 }
 
-/// Watches for the child's exit on a thread of its own (a blocking wait, portable to every
-/// Unix and free of polling). The child is left unreaped for whoever listens; if no one
-/// listens any more, the thread reaps it.
-fn watch_exit(pid: i32) -> oneshot::Receiver<()> {
-    let (tx, rx) = oneshot::channel();
-    let spawned = std::thread::Builder::new()
-        .name(format!("procwarden-gen-{pid}"))
+/// Starts the child on a thread of its own, then watches for its exit there (a blocking wait,
+/// portable to every Unix and free of polling). Starting it there keeps the runtime's workers
+/// serving while the kernel sets the child up. The child is left unreaped for whoever listens
+/// on the second receiver; if no one listens any more, the thread reaps it.
+fn start_and_watch(
+    plan: exec::Exec,
+    held: Vec<OwnedFd>,
+) -> io::Result<(oneshot::Receiver<io::Result<i32>>, oneshot::Receiver<()>)> {
+    let (started_tx, started) = oneshot::channel();
+    let (exited_tx, exited) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("procwarden-upgrade".to_owned())
         .spawn(move || {
+            let spawned = plan.spawn();
+            drop(held);
+            let pid = match spawned {
+                Ok(pid) => pid,
+                Err(err) => {
+                    let _ = started_tx.send(Err(err));
+                    return;
+                }
+            };
+            if started_tx.send(Ok(pid)).is_err() {
+                // The upgrade was dropped while the child started: it must not live on.
+                let _ = exec::kill_child(pid);
+            }
             let _ = exec::wait_exit_keeping(pid);
-            if tx.send(()).is_err() {
+            if exited_tx.send(()).is_err() {
                 let _ = exec::reap(pid);
             }
-        });
-    if let Err(err) = spawned {
-        tracing::warn!(pid, error = %err, "cannot watch the new generation for exit");
-    }
-    rx
+        })?;
+    Ok((started, exited))
 }
 
 /// Reports readiness to the generation that started this one, on its end of the handshake.

@@ -485,7 +485,7 @@ impl Inner {
             "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=upgrading",
             monotonic_usec()
         ));
-        let mut child = NewGeneration::spawn(&self.program, &self.listeners)?;
+        let mut child = NewGeneration::spawn(&self.program, &self.listeners).await?;
         let pid = child.pid();
         tracing::info!(pid, program = %self.program.path.display(), "new generation started");
         child

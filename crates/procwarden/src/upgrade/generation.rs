@@ -52,6 +52,10 @@ impl NewGeneration {
         };
         let (names, fds) = listeners.handover()?;
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(spawn_error)?;
+        let ours = ours
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(ours))
+            .map_err(spawn_error)?;
         let theirs = OwnedFd::from(theirs);
         let env = handover::child_env(std::env::vars_os(), &names, std::process::id());
         let mut placed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
@@ -76,18 +80,13 @@ impl NewGeneration {
             .await
             .unwrap_or_else(|_| Err(io::Error::other("the starting thread ended")))
             .map_err(spawn_error)?;
-        let mut generation = Self {
+        Ok(Self {
             pid,
             exited,
-            handshake: None,
+            handshake: Some(ours),
             accepted: false,
             reaped: false,
-        };
-        let ours = ours
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::UnixStream::from_std(ours));
-        generation.handshake = Some(ours.map_err(spawn_error)?);
-        Ok(generation)
+        })
     }
 
     /// The child's PID.

@@ -448,7 +448,7 @@ impl Upgrader {
     /// Binds the control socket and answers its clients until this generation ends.
     fn serve_control(&self, dir: &StateDir) -> Result<(), UpgradeError> {
         let (listener, path) = control::bind(dir)?;
-        *lock(&self.inner.control_path) = Some(path);
+        *lock(&self.inner.control_path) = Some(path.clone());
         let inner = Arc::clone(&self.inner);
         tokio::spawn(async move {
             loop {
@@ -460,13 +460,14 @@ impl Upgrader {
                     continue;
                 };
                 let inner = Arc::clone(&inner);
+                let path = path.clone();
                 let answering = inner.answering.clone();
                 answering.spawn(async move {
                     let request = control::read_request(&mut stream).await;
                     let outcome = match request.as_deref() {
                         Some("upgrade") => Upgrader { inner }.upgrade().await,
                         _ => Err(UpgradeError::Control {
-                            path: PathBuf::from("(request)"),
+                            path,
                             reason: format!("unknown request {request:?}; expected \"upgrade\""),
                         }),
                     };

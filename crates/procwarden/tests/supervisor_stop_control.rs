@@ -482,6 +482,128 @@ async fn a_child_that_ignores_shutdown_is_aborted_after_its_own_grace_and_run_re
         .await;
 }
 
+// A handle stops the last child started directly, and the child tells the supervisor; these
+// are the cases where the child would not.
+
+#[tokio::test(start_paused = true)]
+async fn a_last_child_that_never_looks_at_its_token_is_aborted_after_its_grace() {
+    let started = Counter::new();
+    let alive = Counter::new();
+    let supervisor = Supervisor::builder("root")
+        .child(stubborn("deaf", &started, &alive).shutdown_timeout(Duration::from_secs(4)))
+        .build()
+        .unwrap();
+    let handle = supervisor.handle();
+    let mut events = handle.subscribe();
+    let running = supervisor.spawn();
+    started.reach("the child to start", 1).await;
+
+    let start = Instant::now();
+    handle.shutdown();
+    within("run() to return after the grace period", running)
+        .await
+        .unwrap()
+        .expect("a shutdown with an aborted child still returns Ok");
+    assert_eq!(start.elapsed(), Duration::from_secs(4));
+    let events = events_until(&mut events, "the child to exit", |e| {
+        is_exit_of(e, "root/deaf")
+    })
+    .await;
+    assert_eq!(
+        stop_events(&events, &["root/deaf"]),
+        ["stopping root/deaf", "exited root/deaf Aborted"]
+    );
+    alive
+        .fall_to_zero("the aborted child's future to be dropped")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_blocking_its_thread_at_shutdown_is_aborted_after_its_grace() {
+    // The child holds its worker thread (as a child must not, but one with a bug may) until
+    // the test lets it go, which it does only once run() has returned.
+    let (entered_tx, entered_rx) = oneshot::channel::<()>();
+    let entered_tx = Mutex::new(Some(entered_tx));
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    let blocking = ChildSpec::new("blocking", move |_ctx: Context| {
+        if let Some(tx) = entered_tx.lock().unwrap().take() {
+            let _ = tx.send(());
+        }
+        let _ = release_rx
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(30));
+        std::future::ready(Ok::<(), io::Error>(()))
+    })
+    .shutdown_timeout(Duration::from_millis(100));
+    let supervisor = Supervisor::builder("root").child(blocking).build().unwrap();
+    let handle = supervisor.handle();
+    let mut events = handle.subscribe();
+    let running = supervisor.spawn();
+    within("the child to block", entered_rx).await.unwrap();
+
+    handle.shutdown();
+    let returned = within_for(Duration::from_secs(10), "run() to return", running).await;
+    let _ = release_tx.send(());
+    returned
+        .unwrap()
+        .expect("a shutdown with an aborted child still returns Ok");
+    let events = events_until(&mut events, "the child to exit", |e| {
+        is_exit_of(e, "root/blocking")
+    })
+    .await;
+    assert_eq!(
+        stop_events(&events, &["root/blocking"]),
+        ["stopping root/blocking", "exited root/blocking Aborted"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_while_the_last_child_restarts_over_and_over_returns_ok() {
+    // The run a handle may stop directly changes with every restart: whichever one the handle
+    // reaches, the supervisor must stop, neither hang nor count the stop as a failure.
+    for round in 0..200 {
+        let started = Counter::new();
+        let alive = Counter::new();
+        let flapping = {
+            let (started, alive) = (started.clone(), alive.clone());
+            ChildSpec::new("flapping", move |ctx: Context| {
+                let (started, alive) = (started.clone(), alive.clone());
+                async move {
+                    let _alive = alive.hold();
+                    started.up();
+                    tokio::select! {
+                        () = tokio::task::yield_now() => {}
+                        () = ctx.shutdown_requested() => {}
+                    }
+                    Ok::<(), io::Error>(())
+                }
+            })
+            .restart(Restart::Permanent)
+            .backoff(Backoff::none())
+        };
+        let supervisor = Supervisor::builder("root")
+            .intensity(procwarden::supervisor::Intensity::new(
+                u32::MAX,
+                Duration::from_secs(1),
+            ))
+            .child(idle("steady", &started))
+            .child(flapping)
+            .build()
+            .unwrap();
+        let handle = supervisor.handle();
+        let running = supervisor.spawn();
+        started.reach("a few restarts", 2 + round % 7).await;
+        handle.shutdown();
+        within_for(Duration::from_secs(10), "run() to return", running)
+            .await
+            .unwrap()
+            .unwrap_or_else(|err| panic!("round {round}: {err}"));
+        assert_eq!(alive.get(), 0, "round {round}: a run outlived run()");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn brutal_shutdown_aborts_at_once_without_asking() {
     let started = Counter::new();

@@ -4,7 +4,7 @@ use crate::sync::lock;
 use std::any::Any;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
@@ -40,7 +40,11 @@ pub(crate) struct Run {
     /// task's `AbortHandle`, which would keep the task's memory allocated until the supervisor
     /// lets go of it: this way a task is freed when it ends, by the worker that ran it.
     aborted: AtomicBool,
-    abort_waker: AtomicWaker,
+    /// The run's task, to wake when it is aborted, or told to stop by a handle directly.
+    task_waker: AtomicWaker,
+    /// Whether the run's task is being polled: a poll may block its thread, so a handle does not
+    /// count on such a run to pass a shutdown request on.
+    in_poll: AtomicBool,
 }
 
 /// The tasks a run spawned, until the run is over.
@@ -127,20 +131,36 @@ impl Run {
             supervisor,
             spawned: Mutex::new(Spawned::default()),
             aborted: AtomicBool::new(false),
-            abort_waker: AtomicWaker::new(),
+            task_waker: AtomicWaker::new(),
+            in_poll: AtomicBool::new(false),
         }
     }
 
     /// Ends the run's task at its next poll, whatever it is waiting for.
     pub(crate) fn abort(&self) {
         self.aborted.store(true, Ordering::Release);
-        self.abort_waker.wake();
+        self.wake_task();
+    }
+
+    /// Polls the run's task once more, whatever it is waiting for.
+    pub(crate) fn wake_task(&self) {
+        self.task_waker.wake();
+    }
+
+    /// Marks the start and the end of a poll of the run's task.
+    pub(crate) fn set_in_poll(&self, in_poll: bool) {
+        self.in_poll.store(in_poll, Ordering::SeqCst);
+    }
+
+    /// Whether the run's task is being polled right now.
+    pub(crate) fn in_poll(&self) -> bool {
+        self.in_poll.load(Ordering::SeqCst)
     }
 
     /// Lets go of the task's waker once the task is over: the supervisor keeps the run, and the
     /// waker would keep the finished task's memory allocated until then.
     pub(crate) fn release_task(&self) {
-        drop(self.abort_waker.take());
+        drop(self.task_waker.take());
     }
 
     /// Whether the run was aborted; if not, `cx` is woken when it is.
@@ -148,7 +168,7 @@ impl Run {
         if self.aborted.load(Ordering::Acquire) {
             return Poll::Ready(());
         }
-        self.abort_waker.register(cx.waker());
+        self.task_waker.register(cx.waker());
         // Checked again: an abort between the first check and the registration woke no one.
         if self.aborted.load(Ordering::Acquire) {
             Poll::Ready(())
@@ -196,6 +216,11 @@ impl Context {
 
     pub(crate) fn run(&self) -> &Run {
         &self.inner
+    }
+
+    /// The run, without keeping it alive.
+    pub(crate) fn downgrade(&self) -> Weak<Run> {
+        Arc::downgrade(&self.inner)
     }
 
     /// The child's name within its supervisor.

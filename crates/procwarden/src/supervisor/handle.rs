@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::core::{Msg, SlotReport};
+use super::shutdown_request::{Delivery, ShutdownRequest};
 use super::spec::MessageType;
 use super::{ChildSpec, ChildStatus, Event, ExitReason, Subscription, SupervisorError};
 
@@ -41,13 +42,24 @@ impl Tree {
 #[derive(Clone, Debug)]
 pub struct SupervisorHandle {
     sender: mpsc::UnboundedSender<Msg>,
+    shutdown: Arc<ShutdownRequest>,
     path: Arc<str>,
     tree: Arc<Tree>,
 }
 
 impl SupervisorHandle {
-    pub(crate) fn new(sender: mpsc::UnboundedSender<Msg>, path: Arc<str>, tree: Arc<Tree>) -> Self {
-        Self { sender, path, tree }
+    pub(crate) fn new(
+        sender: mpsc::UnboundedSender<Msg>,
+        shutdown: Arc<ShutdownRequest>,
+        path: Arc<str>,
+        tree: Arc<Tree>,
+    ) -> Self {
+        Self {
+            sender,
+            shutdown,
+            path,
+            tree,
+        }
     }
 
     /// The supervisor's path from the root of its tree.
@@ -61,6 +73,10 @@ impl SupervisorHandle {
 
     pub(crate) fn tree(&self) -> &Arc<Tree> {
         &self.tree
+    }
+
+    pub(crate) fn shutdown_request(&self) -> &Arc<ShutdownRequest> {
+        &self.shutdown
     }
 
     /// Sends without waiting; a supervisor that is gone needs no notice.
@@ -115,7 +131,10 @@ impl SupervisorHandle {
     /// Asks the supervisor to stop all its children gracefully, in reverse start order, and
     /// return. Never waits; see [`closed`](Self::closed).
     pub fn shutdown(&self) {
-        self.notify(Msg::Shutdown);
+        // The first child to stop may be told directly; it then tells the supervisor.
+        if let Delivery::Message = self.shutdown.request() {
+            self.notify(Msg::Shutdown);
+        }
     }
 
     /// Aborts every child's task at once and makes the supervisor return

@@ -69,10 +69,19 @@ where
     let mut run_and_report = pin!(run_and_report(run, ctx));
     // An abort drops the run where it stands, as aborting its task would.
     std::future::poll_fn(|cx| {
-        if ctx.run().poll_aborted(cx).is_ready() {
+        let state = ctx.run();
+        if state.poll_aborted(cx).is_ready() {
             return Poll::Ready(());
         }
-        run_and_report.as_mut().poll(cx)
+        state.set_in_poll(true);
+        let polled = run_and_report.as_mut().poll(cx);
+        state.set_in_poll(false);
+        // Told to stop by a handle directly and not done at once: the supervisor must hear of
+        // it to arm the grace period (see `shutdown_request`).
+        if polled.is_pending() && ctx.supervisor().shutdown_request().needs_poke() {
+            ctx.supervisor().notify(Msg::Shutdown);
+        }
+        polled
     })
     .await;
 }

@@ -36,6 +36,7 @@ mod intensity;
 mod launch;
 mod name;
 mod restart;
+mod shutdown_request;
 mod signals;
 mod spec;
 mod status;

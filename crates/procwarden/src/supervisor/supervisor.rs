@@ -8,6 +8,7 @@ use tokio::task::JoinHandle;
 use super::core::{Core, Msg};
 use super::handle::Tree;
 use super::index::{IndexError, NameIndex};
+use super::shutdown_request::ShutdownRequest;
 use super::{ChildSpec, Context, Intensity, Strategy, SupervisorError, SupervisorHandle, name};
 
 /// A tree of async services: named children started in order, restarted by policy, stopped
@@ -56,12 +57,17 @@ pub(crate) struct Definition {
 pub(crate) struct Channel {
     pub(crate) sender: mpsc::UnboundedSender<Msg>,
     pub(crate) receiver: mpsc::UnboundedReceiver<Msg>,
+    pub(crate) shutdown: Arc<ShutdownRequest>,
 }
 
 impl Channel {
     fn new() -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
-        Self { sender, receiver }
+        Self {
+            sender,
+            receiver,
+            shutdown: Arc::default(),
+        }
     }
 }
 
@@ -161,12 +167,13 @@ impl Supervisor {
     /// root's handle instead ([`SupervisorHandle::nested`]): each run of a nested supervisor has
     /// a handle of its own.
     pub fn handle(&self) -> SupervisorHandle {
-        let sender = match &self.channel {
-            Some(channel) => channel.sender.clone(),
-            None => mpsc::unbounded_channel().0,
+        let (sender, shutdown) = match &self.channel {
+            Some(channel) => (channel.sender.clone(), Arc::clone(&channel.shutdown)),
+            None => (mpsc::unbounded_channel().0, Arc::default()),
         };
         SupervisorHandle::new(
             sender,
+            shutdown,
             Arc::clone(&self.definition.name),
             Arc::clone(&self.tree),
         )
@@ -182,6 +189,7 @@ impl Supervisor {
         let channel = self.channel.take().unwrap_or_else(Channel::new);
         let handle = SupervisorHandle::new(
             channel.sender,
+            channel.shutdown,
             Arc::clone(&self.definition.name),
             Arc::clone(&self.tree),
         );
@@ -207,7 +215,12 @@ impl Supervisor {
     ) -> Result<(), SupervisorError> {
         let channel = Channel::new();
         let path: Arc<str> = ctx.path().into();
-        let handle = SupervisorHandle::new(channel.sender, path, Arc::clone(ctx.tree()));
+        let handle = SupervisorHandle::new(
+            channel.sender,
+            channel.shutdown,
+            path,
+            Arc::clone(ctx.tree()),
+        );
         ctx.set_nested(Some(handle.clone()));
         let result = Core::new(definition, handle, channel.receiver, Some(ctx.clone()))
             .run()

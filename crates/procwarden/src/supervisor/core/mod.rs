@@ -119,6 +119,11 @@ pub(crate) struct Core {
     timers: Timers,
     restart_log: RestartLog,
     group: Option<Group>,
+    /// Children with a run, in start order, when they start one by one: the last one up is the
+    /// first a shutdown stops.
+    live_order: BTreeSet<(u64, usize)>,
+    /// The run published as the one a handle may stop directly, by key and generation.
+    published_first: Option<(usize, u64)>,
     /// Children still to be stopped one by one, in start order (the last is stopped first).
     stop_queue: Vec<(u64, usize)>,
     /// The child the stop queue is waiting for.
@@ -162,6 +167,8 @@ impl Core {
             timers: Timers::default(),
             restart_log,
             group: None,
+            live_order: BTreeSet::new(),
+            published_first: None,
             stop_queue: Vec::new(),
             stopping_now: None,
             exits: VecDeque::new(),
@@ -243,6 +250,12 @@ impl Core {
                 return outcome;
             }
             self.announce_ready();
+            self.publish_first();
+            // After publishing: a handle that took the previous run saw no change of ours, and
+            // its request is visible here.
+            if self.take_shutdown_request() {
+                continue;
+            }
             let next = self.timers.next_deadline();
             if next != armed {
                 if next.is_some() && !looked {
@@ -256,10 +269,12 @@ impl Core {
                         () = tokio::task::yield_now() => {}
                     }
                     self.observed = self.handle.tree().events.receiver_count() > 0;
+                    self.take_shutdown_request();
                     for msg in batch.drain(..) {
                         self.handle_msg(msg);
                     }
                     while let Ok(msg) = self.receiver.try_recv() {
+                        self.take_shutdown_request();
                         self.handle_msg(msg);
                     }
                     continue;
@@ -285,6 +300,9 @@ impl Core {
             self.observed = self.handle.tree().events.receiver_count() > 0;
             match wake {
                 Wake::Messages => {
+                    // Before the messages: an exit among them may be the answer to a request
+                    // that a handle gave the child directly.
+                    self.take_shutdown_request();
                     for msg in batch.drain(..) {
                         self.handle_msg(msg);
                     }
@@ -491,6 +509,9 @@ impl Core {
         let generation = slot.generation;
         slot.live = Some(run);
         self.live += 1;
+        if !self.definition.dynamic {
+            self.live_order.insert(slot.order(key));
+        }
         self.emit(key, || EventKind::Starting);
         let slot = &mut self.slots[key];
         if slot.spec.reports_ready {
@@ -550,6 +571,7 @@ impl Core {
         let slot = &mut self.slots[key];
         slot.live = None;
         let order = slot.order(key);
+        self.live_order.remove(&order);
         let state = mem::replace(&mut slot.state, State::Waiting);
         let reason = match &state {
             State::Stopping(After::Fail(why)) => why.clone(),
@@ -876,6 +898,40 @@ impl Core {
 
     // ---- shutdown ----------------------------------------------------------------------------
 
+    /// Begins the shutdown a handle asked for, if it has not begun; says whether it did now.
+    fn take_shutdown_request(&mut self) -> bool {
+        if self.shutting_down() || !self.handle.shutdown_request().is_requested() {
+            return false;
+        }
+        self.begin_shutdown(Ok(()));
+        true
+    }
+
+    /// Tells the handles which run a shutdown would stop first, when they may stop it directly:
+    /// the last child up, when nothing else is being stopped in order and it stops gracefully.
+    fn publish_first(&mut self) {
+        let first = self.first_to_stop();
+        if first == self.published_first {
+            return;
+        }
+        self.published_first = first;
+        let run = first.and_then(|(key, _)| self.slots[key].live.as_ref().map(Context::downgrade));
+        self.handle.shutdown_request().publish(run);
+    }
+
+    fn first_to_stop(&self) -> Option<(usize, u64)> {
+        let quiet = !self.shutting_down()
+            && self.stopping_now.is_none()
+            && self.stop_queue.is_empty()
+            && self.group.is_none();
+        if self.definition.dynamic || !quiet {
+            return None;
+        }
+        let &(_, key) = self.live_order.last()?;
+        let slot = &self.slots[key];
+        (slot.is_up() && slot.spec.shutdown != Shutdown::Brutal).then_some((key, slot.generation))
+    }
+
     fn begin_shutdown(&mut self, outcome: Result<(), SupervisorError>) {
         match &mut self.outcome {
             Some(existing) => {
@@ -887,6 +943,7 @@ impl Core {
             None => self.outcome = Some(outcome),
         }
         tracing::debug!("shutting down");
+        self.publish_first();
         if self.parent.is_none() {
             // A nested supervisor's parent reports it stopping, as for any child.
             self.emit_own(|| EventKind::Stopping);
@@ -953,6 +1010,7 @@ impl Core {
         }
         self.live = 0;
         self.active = 0;
+        self.live_order.clear();
         self.stop_queue.clear();
         self.stopping_now = None;
         self.exits.clear();
@@ -1173,6 +1231,7 @@ impl Drop for Core {
     /// A supervisor that is itself aborted (or whose runtime shuts down) takes its children with
     /// it rather than leaving them orphaned.
     fn drop(&mut self) {
+        self.handle.shutdown_request().publish(None);
         for (_, slot) in &self.slots {
             if let Some(live) = &slot.live {
                 live.run().abort();

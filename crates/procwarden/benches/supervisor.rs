@@ -10,7 +10,8 @@
 //!    `SupervisorHandle::add`. Measured: spawn to all running (every child counts itself when
 //!    first polled, the last one notifies), stop request to joined, and live heap per child.
 //! 2. **One child, stop latency.** `handle.shutdown()` to `run()` returned (through the
-//!    supervisor's `JoinHandle`), against cancel to a task's `JoinHandle` resolved.
+//!    supervisor's `JoinHandle`), against cancel to a task's `JoinHandle` resolved; the two are
+//!    sampled alternately on one runtime.
 //! 3. **Failure to restart.** A child told to fail, until its next run has started, against a
 //!    hand-written respawn loop.
 //!
@@ -454,61 +455,69 @@ async fn joined(
 
 // ---- 2. one child, stop latency -----------------------------------------------------------------
 
-/// Cancel to joined, for one task waiting on a token.
-fn floor_one_stop(cfg: &Config) -> Vec<Duration> {
+/// Stop latencies of the floor and of procwarden, sampled alternately on one runtime so that
+/// whatever else the machine does falls on both alike.
+struct OneStop {
+    floor: Vec<Duration>,
+    procwarden: Vec<Duration>,
+}
+
+fn one_stop(cfg: &Config) -> OneStop {
     let (warmup, iters) = (cfg.warmup, cfg.iters);
     on_runtime(async move {
-        let mut samples = Vec::with_capacity(iters);
+        let mut out = OneStop {
+            floor: Vec::with_capacity(iters),
+            procwarden: Vec::with_capacity(iters),
+        };
         for i in 0..warmup + iters {
-            let token = CancellationToken::new();
-            let child = token.clone();
-            let task = tokio::spawn(async move {
-                ENTERED.notify_one();
-                child.cancelled().await;
-            });
-            bounded("floor: task entered", ENTERED.notified()).await;
-            settle().await;
-            let t = Instant::now();
-            token.cancel();
-            bounded("floor: task joined", task)
-                .await
-                .unwrap_or_else(|err| fail(&format!("floor task: {err}")));
+            let floor = floor_one_stop().await;
+            let procwarden = procwarden_one_stop().await;
             if i >= warmup {
-                samples.push(t.elapsed());
+                out.floor.push(floor);
+                out.procwarden.push(procwarden);
             }
         }
-        samples
+        out
     })
+}
+
+/// Cancel to joined, for one task waiting on a token.
+async fn floor_one_stop() -> Duration {
+    let token = CancellationToken::new();
+    let child = token.clone();
+    let task = tokio::spawn(async move {
+        ENTERED.notify_one();
+        child.cancelled().await;
+    });
+    bounded("floor: task entered", ENTERED.notified()).await;
+    settle().await;
+    let t = Instant::now();
+    token.cancel();
+    bounded("floor: task joined", task)
+        .await
+        .unwrap_or_else(|err| fail(&format!("floor task: {err}")));
+    t.elapsed()
 }
 
 /// `handle.shutdown()` to `run()` returned, for a supervisor of one child that returns as soon
 /// as it is asked to stop.
-fn procwarden_one_stop(cfg: &Config) -> Vec<Duration> {
-    let (warmup, iters) = (cfg.warmup, cfg.iters);
-    on_runtime(async move {
-        let mut samples = Vec::with_capacity(iters);
-        for i in 0..warmup + iters {
-            let supervisor = Supervisor::builder("one")
-                .child(ChildSpec::new("child", |ctx: Context| async move {
-                    ENTERED.notify_one();
-                    ctx.shutdown_requested().await;
-                    Ok::<(), Infallible>(())
-                }))
-                .build()
-                .unwrap_or_else(|err| fail(&format!("build: {err}")));
-            let handle = supervisor.handle();
-            let running = supervisor.spawn();
-            bounded("procwarden: child entered", ENTERED.notified()).await;
-            settle().await;
-            let t = Instant::now();
-            handle.shutdown();
-            joined("procwarden one child", running).await;
-            if i >= warmup {
-                samples.push(t.elapsed());
-            }
-        }
-        samples
-    })
+async fn procwarden_one_stop() -> Duration {
+    let supervisor = Supervisor::builder("one")
+        .child(ChildSpec::new("child", |ctx: Context| async move {
+            ENTERED.notify_one();
+            ctx.shutdown_requested().await;
+            Ok::<(), Infallible>(())
+        }))
+        .build()
+        .unwrap_or_else(|err| fail(&format!("build: {err}")));
+    let handle = supervisor.handle();
+    let running = supervisor.spawn();
+    bounded("procwarden: child entered", ENTERED.notified()).await;
+    settle().await;
+    let t = Instant::now();
+    handle.shutdown();
+    joined("procwarden one child", running).await;
+    t.elapsed()
 }
 
 // ---- 3. failure to restart ----------------------------------------------------------------------
@@ -840,9 +849,10 @@ fn main() {
     }
 
     // 2. One child, stop latency.
-    let floor_stop = Latency::of(floor_one_stop(&cfg));
+    let stops = one_stop(&cfg);
+    let floor_stop = Latency::of(stops.floor);
     print_latency("one_child_stop", "floor", &floor_stop, cfg.iters);
-    let pw_stop = Latency::of(procwarden_one_stop(&cfg));
+    let pw_stop = Latency::of(stops.procwarden);
     print_latency("one_child_stop", "procwarden", &pw_stop, cfg.iters);
 
     // 3. Failure to restart.

@@ -10,7 +10,9 @@
 //!   [`Intensity`]; delays follow the child's [`Backoff`]. Past the intensity the supervisor stops
 //!   its children and fails, and its parent applies its own policy to that failure.
 //! - **Shutdown**: reverse start order, each child with its own grace period ([`Shutdown`]), then
-//!   abort; [`Supervisor::run`] returns in every case.
+//!   abort; [`Supervisor::run`] returns in every case. As with any tokio task, abort takes effect
+//!   when the child's task yields: a child that blocks its thread while handling the request to
+//!   stop (a synchronous wait instead of an `.await`) holds up its supervisor until it yields.
 //! - **Containment**: an error or a panic, before or after the first `.await`, is that child's
 //!   failure; [`ExitReason`] says which.
 //! - **Control**: [`SupervisorHandle`] adds, removes and restarts children, reloads, sends typed

@@ -544,9 +544,11 @@ async fn a_child_blocking_its_thread_at_shutdown_is_aborted_after_its_grace() {
     within("the child to block", entered_rx).await.unwrap();
 
     handle.shutdown();
-    let returned = within_for(Duration::from_secs(10), "run() to return", running).await;
+    let returned = tokio::time::timeout(Duration::from_secs(10), running).await;
+    // Released before any assertion, so that a failure does not keep the thread blocked.
     let _ = release_tx.send(());
     returned
+        .expect("run() returns while the child still blocks")
         .unwrap()
         .expect("a shutdown with an aborted child still returns Ok");
     let events = events_until(&mut events, "the child to exit", |e| {

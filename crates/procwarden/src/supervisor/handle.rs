@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::core::{Msg, SlotReport};
+use super::core::{Msg, Parcel, SlotReport};
 use super::shutdown_request::{Delivery, ShutdownRequest};
 use super::spec::MessageType;
 use super::{ChildSpec, ChildStatus, Event, ExitReason, Subscription, SupervisorError};
@@ -105,6 +105,7 @@ impl SupervisorHandle {
     /// Refused with [`SupervisorError::Stopping`] while the supervisor stops, and with
     /// [`SupervisorError::DuplicateName`] or [`SupervisorError::InvalidName`] for a bad name.
     pub async fn add(&self, spec: ChildSpec) -> Result<(), SupervisorError> {
+        let spec = Box::new(spec);
         self.ask(|reply| Msg::Add { spec, reply }).await
     }
 
@@ -163,11 +164,13 @@ impl SupervisorHandle {
         let (target, name) = self.resolve_parent(path).await?;
         let message: Box<dyn Any + Send> = Box::new(message);
         target
-            .ask(|reply| Msg::Deliver {
-                name,
-                message,
-                kind: MessageType::of::<M>(),
-                reply,
+            .ask(|reply| {
+                Msg::Deliver(Box::new(Parcel {
+                    name,
+                    message,
+                    kind: MessageType::of::<M>(),
+                    reply,
+                }))
             })
             .await
     }

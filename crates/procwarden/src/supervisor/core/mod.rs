@@ -42,8 +42,10 @@ pub(crate) enum Msg {
         generation: u64,
         reason: ExitReason,
     },
+    // Boxed, as is a parcel: the largest variant sizes every message, exits included, and a pool
+    // stops with one exit message per child.
     Add {
-        spec: ChildSpec,
+        spec: Box<ChildSpec>,
         reply: Reply<()>,
     },
     Remove {
@@ -55,12 +57,7 @@ pub(crate) enum Msg {
         reply: Reply<()>,
     },
     Reload,
-    Deliver {
-        name: String,
-        message: Box<dyn Any + Send>,
-        kind: MessageType,
-        reply: Reply<()>,
-    },
+    Deliver(Box<Parcel>),
     Nested {
         name: String,
         reply: Reply<SupervisorHandle>,
@@ -70,6 +67,14 @@ pub(crate) enum Msg {
     },
     Shutdown,
     Abort,
+}
+
+/// A typed message for one child, on its way through the supervisor.
+pub(crate) struct Parcel {
+    pub(crate) name: String,
+    pub(crate) message: Box<dyn Any + Send>,
+    pub(crate) kind: MessageType,
+    pub(crate) reply: Reply<()>,
 }
 
 /// A supervisor's answer to a status request: itself, and its children with the handles of
@@ -239,7 +244,8 @@ impl Core {
 
     async fn event_loop(&mut self) -> Result<(), SupervisorError> {
         let parent = self.parent.clone();
-        let mut batch = Vec::with_capacity(256);
+        // Grown by the batches themselves: most are of one or two messages.
+        let mut batch = Vec::new();
         let sleep = tokio::time::sleep_until(Instant::now());
         tokio::pin!(sleep);
         let mut armed = None;
@@ -338,12 +344,13 @@ impl Core {
             Msg::Remove { name, reply } => self.remove(&name, reply),
             Msg::Restart { name, reply } => self.restart_on_demand(&name, reply),
             Msg::Reload => self.reload(),
-            Msg::Deliver {
-                name,
-                message,
-                kind,
-                reply,
-            } => {
+            Msg::Deliver(parcel) => {
+                let Parcel {
+                    name,
+                    message,
+                    kind,
+                    reply,
+                } = *parcel;
                 let _ = reply.send(self.deliver(&name, message, kind));
             }
             Msg::Nested { name, reply } => {
@@ -429,7 +436,7 @@ impl Core {
         key
     }
 
-    fn add(&mut self, spec: ChildSpec) -> Result<(), SupervisorError> {
+    fn add(&mut self, spec: Box<ChildSpec>) -> Result<(), SupervisorError> {
         if self.shutting_down() {
             return Err(SupervisorError::Stopping {
                 path: self.handle.path().to_owned(),
@@ -437,7 +444,7 @@ impl Core {
             });
         }
         name::validate(&spec.name)?;
-        let key = self.insert(Arc::new(spec))?;
+        let key = self.insert(Arc::from(spec))?;
         self.queue_start(key);
         self.pump();
         Ok(())

@@ -1,6 +1,6 @@
-//! The name index: first children are found through the definition's index, children added at
+//! The name index (first children are found through the definition's index, children added at
 //! run time through the supervisor's own, and a slot key reused after a removal must not make a
-//! removed first child reappear.
+//! removed first child reappear), and the size of the core's messages.
 
 use std::convert::Infallible;
 
@@ -57,4 +57,16 @@ async fn first_children_can_be_removed_added_again_and_their_keys_reused() {
 
     handle.shutdown();
     running.await.unwrap().unwrap();
+}
+
+/// Every message is as large as the largest variant, and a pool stops with one exit message per
+/// child: the big payloads travel boxed.
+#[test]
+fn a_message_is_no_larger_than_an_exit_report() {
+    let exit = std::mem::size_of::<(usize, u64, crate::supervisor::ExitReason)>();
+    assert!(
+        std::mem::size_of::<super::Msg>() <= exit + std::mem::size_of::<usize>(),
+        "Msg is {} bytes, an exit report {exit}",
+        std::mem::size_of::<super::Msg>()
+    );
 }

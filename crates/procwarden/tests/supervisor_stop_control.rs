@@ -850,6 +850,211 @@ async fn a_pool_of_100_000_children_starts_and_stops_cleanly() {
     settle_tasks(baseline).await;
 }
 
+// A pool stopping with no subscriber counts the ends of its children's tasks instead of reading
+// one exit message per child; these check that nothing is lost that way.
+
+#[tokio::test(start_paused = true)]
+async fn an_unobserved_pool_aborts_only_its_stragglers_after_the_grace() {
+    const GRACE: Duration = Duration::from_secs(3);
+    let started = Counter::new();
+    let alive = Counter::new();
+    let specs = (0..20).map(|i| {
+        let spec = if i % 4 == 0 {
+            stubborn(&format!("s{i}"), &started, &alive)
+        } else {
+            tracked(&format!("t{i}"), &started, &alive)
+        };
+        spec.shutdown_timeout(GRACE)
+    });
+    let supervisor = Supervisor::builder("pool")
+        .dynamic()
+        .children(specs)
+        .build()
+        .unwrap();
+    let handle = supervisor.handle();
+    let running = supervisor.spawn();
+    started.reach("every child to start", 20).await;
+
+    let t0 = Instant::now();
+    handle.shutdown();
+    alive
+        .wait_until("the cooperative children to stop", |n| n == 5)
+        .await;
+    let status = within("status during the stop", handle.status())
+        .await
+        .unwrap();
+    for child in &status.children {
+        let expected = if child.name.starts_with('s') {
+            ChildState::Stopping
+        } else {
+            ChildState::Stopped
+        };
+        assert_eq!(child.state, expected, "{}", child.name);
+    }
+    assert_eq!(t0.elapsed(), Duration::ZERO, "nothing waited yet");
+
+    within("the pool to return", running)
+        .await
+        .unwrap()
+        .expect("a stop with aborted stragglers still returns Ok");
+    assert_eq!(
+        t0.elapsed(),
+        GRACE,
+        "the stragglers were aborted after the grace"
+    );
+    assert_eq!(alive.get(), 0, "the stragglers' futures were dropped");
+    assert_eq!(started.get(), 20, "no child was started twice");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unobserved_pool_returns_once_its_last_child_stops() {
+    let started = Counter::new();
+    let release = Arc::new(Notify::new());
+    let slow = {
+        let (started, release) = (started.clone(), Arc::clone(&release));
+        ChildSpec::new("slow", move |ctx: Context| {
+            let (started, release) = (started.clone(), Arc::clone(&release));
+            async move {
+                started.up();
+                ctx.shutdown_requested().await;
+                release.notified().await;
+                Ok::<(), io::Error>(())
+            }
+        })
+        .shutdown(Shutdown::Infinity)
+    };
+    let supervisor = Supervisor::builder("pool")
+        .dynamic()
+        .child(slow)
+        .children((0..10).map(|i| idle(&format!("w{i}"), &started)))
+        .child(
+            ChildSpec::new("brutal", |_ctx: Context| async {
+                std::future::pending::<()>().await;
+                Ok::<(), io::Error>(())
+            })
+            .shutdown(Shutdown::Brutal),
+        )
+        .build()
+        .unwrap();
+    let handle = supervisor.handle();
+    let mut running = supervisor.spawn();
+    started.reach("every child to start", 11).await;
+
+    handle.shutdown();
+    let early = tokio::time::timeout(Duration::from_secs(3600), &mut running).await;
+    assert!(
+        early.is_err(),
+        "the pool returned before its last child stopped"
+    );
+    release.notify_one();
+    within("the pool to return", running)
+        .await
+        .unwrap()
+        .expect("a graceful stop returns Ok");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pool_stopping_while_a_child_is_removed_still_answers_the_removal() {
+    let started = Counter::new();
+    let release = Arc::new(Notify::new());
+    let leaving = {
+        let (started, release) = (started.clone(), Arc::clone(&release));
+        ChildSpec::new("leaving", move |ctx: Context| {
+            let (started, release) = (started.clone(), Arc::clone(&release));
+            async move {
+                started.up();
+                ctx.shutdown_requested().await;
+                release.notified().await;
+                Ok::<(), io::Error>(())
+            }
+        })
+        .shutdown(Shutdown::Infinity)
+    };
+    let supervisor = Supervisor::builder("pool")
+        .dynamic()
+        .child(leaving)
+        .children((0..10).map(|i| idle(&format!("w{i}"), &started)))
+        .build()
+        .unwrap();
+    let handle = supervisor.handle();
+    let running = supervisor.spawn();
+    started.reach("every child to start", 11).await;
+
+    let removal = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.remove("leaving").await }
+    });
+    // The removal has reached the supervisor once the child is stopping.
+    within("the removal to begin", async {
+        loop {
+            let status = handle.status().await.unwrap();
+            let leaving = status.children.iter().find(|c| &*c.name == "leaving");
+            if leaving.is_some_and(|c| c.state == ChildState::Stopping) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    handle.shutdown();
+    release.notify_one();
+    assert_eq!(
+        within("the removal's answer", removal)
+            .await
+            .unwrap()
+            .unwrap(),
+        ExitReason::Shutdown
+    );
+    within("the pool to return", running)
+        .await
+        .unwrap()
+        .expect("a graceful stop returns Ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_whose_children_end_on_their_own_as_they_are_stopped_always_return() {
+    const ROUNDS: usize = 100;
+    const N: usize = 16;
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let baseline = metrics.num_alive_tasks();
+    for round in 0..ROUNDS {
+        let started = Counter::new();
+        let go = Arc::new(Notify::new());
+        let specs = (0..N).map(|i| {
+            let (started, go) = (started.clone(), Arc::clone(&go));
+            ChildSpec::new(format!("w{i}"), move |ctx: Context| {
+                let (started, go) = (started.clone(), Arc::clone(&go));
+                async move {
+                    started.up();
+                    if i % 2 == 0 {
+                        // Ends by itself, racing the stop; as temporary, it is not restarted.
+                        go.notified().await;
+                        return Err(io::Error::other("done early"));
+                    }
+                    ctx.shutdown_requested().await;
+                    Ok::<(), io::Error>(())
+                }
+            })
+            .restart(Restart::Temporary)
+        });
+        let supervisor = Supervisor::builder("pool")
+            .dynamic()
+            .children(specs)
+            .build()
+            .unwrap();
+        let handle = supervisor.handle();
+        let running = supervisor.spawn();
+        started.reach("every child to start", N).await;
+        go.notify_waiters();
+        handle.shutdown();
+        within(&format!("round {round}: the pool to return"), running)
+            .await
+            .unwrap()
+            .expect("a graceful stop returns Ok");
+    }
+    settle_tasks(baseline).await;
+}
+
 // ---- tasks spawned by children ---------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]

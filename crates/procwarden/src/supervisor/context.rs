@@ -45,6 +45,8 @@ pub(crate) struct Run {
     /// Whether the run's task is being polled: a poll may block its thread, so a handle does not
     /// count on such a run to pass a shutdown request on.
     in_poll: AtomicBool,
+    /// Whether the run's task has ended.
+    ended: AtomicBool,
 }
 
 /// The tasks a run spawned, until the run is over.
@@ -133,6 +135,7 @@ impl Run {
             aborted: AtomicBool::new(false),
             task_waker: AtomicWaker::new(),
             in_poll: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
         }
     }
 
@@ -157,10 +160,16 @@ impl Run {
         self.in_poll.load(Ordering::SeqCst)
     }
 
-    /// Lets go of the task's waker once the task is over: the supervisor keeps the run, and the
-    /// waker would keep the finished task's memory allocated until then.
+    /// Records that the run's task is over, and lets go of its waker: the supervisor keeps the
+    /// run, and the waker would keep the finished task's memory allocated until then.
     pub(crate) fn release_task(&self) {
+        self.ended.store(true, Ordering::Release);
         drop(self.task_waker.take());
+    }
+
+    /// Whether the run's task is over.
+    pub(crate) fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
     }
 
     /// Whether the run was aborted; if not, `cx` is woken when it is.

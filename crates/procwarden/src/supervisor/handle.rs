@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::core::{Msg, Parcel, SlotReport};
+use super::pool_drain::PoolDrain;
 use super::shutdown_request::{Delivery, ShutdownRequest};
 use super::spec::MessageType;
 use super::{ChildSpec, ChildStatus, Event, ExitReason, Subscription, SupervisorError};
@@ -43,6 +44,7 @@ impl Tree {
 pub struct SupervisorHandle {
     sender: mpsc::UnboundedSender<Msg>,
     shutdown: Arc<ShutdownRequest>,
+    drain: Arc<PoolDrain>,
     path: Arc<str>,
     tree: Arc<Tree>,
 }
@@ -51,12 +53,14 @@ impl SupervisorHandle {
     pub(crate) fn new(
         sender: mpsc::UnboundedSender<Msg>,
         shutdown: Arc<ShutdownRequest>,
+        drain: Arc<PoolDrain>,
         path: Arc<str>,
         tree: Arc<Tree>,
     ) -> Self {
         Self {
             sender,
             shutdown,
+            drain,
             path,
             tree,
         }
@@ -77,6 +81,10 @@ impl SupervisorHandle {
 
     pub(crate) fn shutdown_request(&self) -> &Arc<ShutdownRequest> {
         &self.shutdown
+    }
+
+    pub(crate) fn pool_drain(&self) -> &PoolDrain {
+        &self.drain
     }
 
     /// Sends without waiting; a supervisor that is gone needs no notice.
@@ -187,6 +195,9 @@ impl SupervisorHandle {
     }
 
     /// Streams the lifecycle events of this supervisor's subtree.
+    ///
+    /// Subscribe before a dynamic pool is stopped to see each of its children exit: a pool that
+    /// stops with no subscriber counts its children out without reporting each one.
     pub fn subscribe(&self) -> Subscription {
         Subscription {
             receiver: self.tree.events.subscribe(),

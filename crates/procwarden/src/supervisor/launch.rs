@@ -49,41 +49,50 @@ where
 }
 
 /// The run itself: the function, contained, then the tasks it spawned, then the report.
-async fn run_child<F, Fut, E>(run: Arc<ChildFn<F>>, ctx: Context)
+///
+/// Not an `async fn`: the guard that ends the run is made here, so that it ends the run even if
+/// the task is dropped before its first poll.
+fn run_child<F, Fut, E>(run: Arc<ChildFn<F>>, ctx: Context) -> impl Future<Output = ()>
 where
     F: Fn(Context) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Into<BoxError> + 'static,
 {
-    /// Aborting this task must abort the tasks it spawned too; and however the task ends, the
-    /// run must not keep it allocated.
-    struct CloseSpawned(Context);
-    impl Drop for CloseSpawned {
-        fn drop(&mut self) {
-            self.0.run().close_spawned();
-            self.0.run().release_task();
-        }
+    let end = EndRun(ctx);
+    async move {
+        let ctx = &end.0;
+        let mut run_and_report = pin!(run_and_report(run, ctx));
+        // An abort drops the run where it stands, as aborting its task would.
+        std::future::poll_fn(|cx| {
+            let state = ctx.run();
+            if state.poll_aborted(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            state.set_in_poll(true);
+            let polled = run_and_report.as_mut().poll(cx);
+            state.set_in_poll(false);
+            // Told to stop by a handle directly and not done at once: the supervisor must hear
+            // of it to arm the grace period (see `shutdown_request`).
+            if polled.is_pending() && ctx.supervisor().shutdown_request().needs_poke() {
+                ctx.supervisor().notify(Msg::Shutdown);
+            }
+            polled
+        })
+        .await;
     }
-    let close_spawned = CloseSpawned(ctx);
-    let ctx = &close_spawned.0;
-    let mut run_and_report = pin!(run_and_report(run, ctx));
-    // An abort drops the run where it stands, as aborting its task would.
-    std::future::poll_fn(|cx| {
-        let state = ctx.run();
-        if state.poll_aborted(cx).is_ready() {
-            return Poll::Ready(());
-        }
-        state.set_in_poll(true);
-        let polled = run_and_report.as_mut().poll(cx);
-        state.set_in_poll(false);
-        // Told to stop by a handle directly and not done at once: the supervisor must hear of
-        // it to arm the grace period (see `shutdown_request`).
-        if polled.is_pending() && ctx.supervisor().shutdown_request().needs_poke() {
-            ctx.supervisor().notify(Msg::Shutdown);
-        }
-        polled
-    })
-    .await;
+}
+
+/// Ends a run's task, however the task ends: aborting it must abort the tasks it spawned too,
+/// the run must not keep the finished task allocated, and the supervisor counts it gone.
+struct EndRun(Context);
+
+impl Drop for EndRun {
+    fn drop(&mut self) {
+        let run = self.0.run();
+        run.close_spawned();
+        run.release_task();
+        self.0.supervisor().pool_drain().task_ended();
+    }
 }
 
 /// The function, contained, then the tasks it spawned, then the report.
@@ -107,6 +116,10 @@ where
         state.token.cancel();
     }
     state.drain_spawned().await;
+    if ctx.supervisor().pool_drain().is_silent() {
+        // Its pool is stopping and counts the ends of tasks instead (see `pool_drain`).
+        return;
+    }
     ctx.supervisor().notify(Msg::Exited {
         key: state.key,
         generation: state.generation,

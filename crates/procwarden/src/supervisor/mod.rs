@@ -37,6 +37,7 @@ mod index;
 mod intensity;
 mod launch;
 mod name;
+mod pool_drain;
 mod restart;
 mod shutdown_request;
 mod signals;

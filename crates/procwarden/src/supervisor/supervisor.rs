@@ -8,6 +8,7 @@ use tokio::task::JoinHandle;
 use super::core::{Core, Msg};
 use super::handle::Tree;
 use super::index::{IndexError, NameIndex};
+use super::pool_drain::PoolDrain;
 use super::shutdown_request::ShutdownRequest;
 use super::{ChildSpec, Context, Intensity, Strategy, SupervisorError, SupervisorHandle, name};
 
@@ -58,6 +59,7 @@ pub(crate) struct Channel {
     pub(crate) sender: mpsc::UnboundedSender<Msg>,
     pub(crate) receiver: mpsc::UnboundedReceiver<Msg>,
     pub(crate) shutdown: Arc<ShutdownRequest>,
+    pub(crate) drain: Arc<PoolDrain>,
 }
 
 impl Channel {
@@ -67,7 +69,19 @@ impl Channel {
             sender,
             receiver,
             shutdown: Arc::default(),
+            drain: Arc::default(),
         }
+    }
+
+    /// A handle that reaches this channel's supervisor.
+    fn handle(&self, path: Arc<str>, tree: Arc<Tree>) -> SupervisorHandle {
+        SupervisorHandle::new(
+            self.sender.clone(),
+            Arc::clone(&self.shutdown),
+            Arc::clone(&self.drain),
+            path,
+            tree,
+        )
     }
 }
 
@@ -167,16 +181,12 @@ impl Supervisor {
     /// root's handle instead ([`SupervisorHandle::nested`]): each run of a nested supervisor has
     /// a handle of its own.
     pub fn handle(&self) -> SupervisorHandle {
-        let (sender, shutdown) = match &self.channel {
-            Some(channel) => (channel.sender.clone(), Arc::clone(&channel.shutdown)),
-            None => (mpsc::unbounded_channel().0, Arc::default()),
-        };
-        SupervisorHandle::new(
-            sender,
-            shutdown,
-            Arc::clone(&self.definition.name),
-            Arc::clone(&self.tree),
-        )
+        let name = Arc::clone(&self.definition.name);
+        match &self.channel {
+            Some(channel) => channel.handle(name, Arc::clone(&self.tree)),
+            // No channel: a handle that reaches no supervisor.
+            None => Channel::new().handle(name, Arc::clone(&self.tree)),
+        }
     }
 
     /// Runs the tree until it is shut down, fails, or all its children have stopped for good.
@@ -187,12 +197,7 @@ impl Supervisor {
     /// period are aborted.
     pub async fn run(mut self) -> Result<(), SupervisorError> {
         let channel = self.channel.take().unwrap_or_else(Channel::new);
-        let handle = SupervisorHandle::new(
-            channel.sender,
-            channel.shutdown,
-            Arc::clone(&self.definition.name),
-            Arc::clone(&self.tree),
-        );
+        let handle = channel.handle(Arc::clone(&self.definition.name), Arc::clone(&self.tree));
         Core::new(Arc::clone(&self.definition), handle, channel.receiver, None)
             .run()
             .await
@@ -215,12 +220,7 @@ impl Supervisor {
     ) -> Result<(), SupervisorError> {
         let channel = Channel::new();
         let path: Arc<str> = ctx.path().into();
-        let handle = SupervisorHandle::new(
-            channel.sender,
-            channel.shutdown,
-            path,
-            Arc::clone(ctx.tree()),
-        );
+        let handle = channel.handle(path, Arc::clone(ctx.tree()));
         ctx.set_nested(Some(handle.clone()));
         let result = Core::new(definition, handle, channel.receiver, Some(ctx.clone()))
             .run()

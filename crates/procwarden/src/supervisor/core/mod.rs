@@ -93,6 +93,8 @@ pub(crate) struct SlotReport {
 enum Wake {
     Messages,
     Timer,
+    /// A silent pool's last task ended.
+    Drained,
     ParentStop,
     ParentReload,
 }
@@ -292,9 +294,12 @@ impl Core {
             }
             looked = false;
             let stopping = self.shutting_down();
+            let drain = self.handle.pool_drain();
+            let silent = drain.is_silent();
             let wake = tokio::select! {
                 biased;
                 _ = self.receiver.recv_many(&mut batch, 256) => Wake::Messages,
+                () = std::future::poll_fn(|cx| drain.poll_drained(cx)), if silent => Wake::Drained,
                 () = &mut sleep, if armed.is_some() => Wake::Timer,
                 () = async { parent.as_ref().unwrap().shutdown_requested().await },
                     if parent.is_some() && !stopping => Wake::ParentStop,
@@ -317,6 +322,8 @@ impl Core {
                     armed = None;
                     self.fire_timers();
                 }
+                // `finished` sees it.
+                Wake::Drained => {}
                 Wake::ParentStop => self.begin_shutdown(Ok(())),
                 Wake::ParentReload => self.reload(),
             }
@@ -476,6 +483,7 @@ impl Core {
     fn start(&mut self, key: usize) {
         let now = Instant::now();
         let ctx = self.prepare(key, now);
+        self.handle.pool_drain().task_started();
         Arc::clone(&self.slots[key].spec.launch).launch(ctx.clone());
         self.commit(key, ctx, now);
     }
@@ -487,6 +495,7 @@ impl Core {
         let now = Instant::now();
         let prepared: Vec<Context> = keys.iter().map(|&key| self.prepare(key, now)).collect();
         for (ctx, &key) in prepared.iter().zip(keys) {
+            self.handle.pool_drain().task_started();
             Arc::clone(&self.slots[key].spec.launch).launch(ctx.clone());
         }
         for (ctx, &key) in prepared.into_iter().zip(keys) {
@@ -895,6 +904,8 @@ impl Core {
             .filter(|(_, slot)| {
                 matches!(slot.state, State::Stopping(_))
                     && slot.spec.shutdown == Shutdown::Timeout(grace)
+                    // A silent pool's runs that ended are still `Stopping` here.
+                    && slot.live.as_ref().is_some_and(|live| !live.run().has_ended())
             })
             .map(|(key, _)| key)
             .collect();
@@ -978,8 +989,11 @@ impl Core {
     fn stop_pool(&mut self) {
         let now = Instant::now();
         let mut graces = Vec::new();
+        // A child being removed or restarted on demand has a caller waiting for its exit.
+        let mut awaited = false;
         for (key, slot) in &mut self.slots {
             if !is_up_at_shutdown(slot, &mut self.active) {
+                awaited |= matches!(slot.state, State::Stopping(ref after) if !matches!(after, After::Nothing));
                 continue;
             }
             slot.state = State::Stopping(After::Nothing);
@@ -1002,6 +1016,11 @@ impl Core {
                 generation: 0,
                 kind: Kind::Pool(grace),
             });
+        }
+        // Before the cancellation, so that no run's exit is told for nothing. With someone to
+        // tell of each exit, or waiting for one, every exit stays a message.
+        if !awaited && !self.observed && !tracing::enabled!(tracing::Level::DEBUG) {
+            self.handle.pool_drain().go_silent();
         }
         self.children_token.cancel();
     }
@@ -1029,7 +1048,8 @@ impl Core {
     /// The result to return, once there is nothing left to wait for.
     fn finished(&mut self) -> Option<Result<(), SupervisorError>> {
         if self.shutting_down() {
-            if self.live == 0 && self.stopping_now.is_none() {
+            let all_ended = self.live == 0 || self.handle.pool_drain().is_drained();
+            if all_ended && self.stopping_now.is_none() {
                 return self.outcome.take();
             }
         } else if !self.definition.dynamic && self.active == 0 {

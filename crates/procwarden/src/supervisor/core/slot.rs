@@ -79,6 +79,10 @@ impl Slot {
             State::Waiting => ChildState::Waiting,
             State::Starting => ChildState::Starting,
             State::Running => ChildState::Running,
+            // A silent pool's stop is not told of the ends of runs (see `pool_drain`).
+            State::Stopping(_) if self.live.as_ref().is_some_and(|l| l.run().has_ended()) => {
+                ChildState::Stopped
+            }
             State::Stopping(_) => ChildState::Stopping,
             State::Backoff(until) => ChildState::Restarting { until },
             State::Stopped if self.last_exit.as_ref().is_some_and(ExitReason::is_failure) => {

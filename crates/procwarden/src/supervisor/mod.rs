@@ -24,7 +24,9 @@
 //! Every child's work is wrapped in a `tracing` span named `child` with its `path`.
 //!
 //! The supervisor is event-driven: a child's exit wakes it through a channel, never a timer,
-//! and each event costs the same whatever the number of children.
+//! and each event costs the same whatever the number of children. A dynamic pool that stops with
+//! no event subscriber is woken once, by the end of its last child's task, rather than by each
+//! exit.
 
 mod backoff;
 mod context;

@@ -910,19 +910,8 @@ async fn an_unobserved_pool_aborts_only_its_stragglers_after_the_grace() {
 async fn an_unobserved_pool_returns_once_its_last_child_stops() {
     let started = Counter::new();
     let release = Arc::new(Notify::new());
-    let slow = {
-        let (started, release) = (started.clone(), Arc::clone(&release));
-        ChildSpec::new("slow", move |ctx: Context| {
-            let (started, release) = (started.clone(), Arc::clone(&release));
-            async move {
-                started.up();
-                ctx.shutdown_requested().await;
-                release.notified().await;
-                Ok::<(), io::Error>(())
-            }
-        })
-        .shutdown(Shutdown::Infinity)
-    };
+    let asked = Arc::new(Notify::new());
+    let slow = held_at_stop("slow", &started, &asked, &release);
     let supervisor = Supervisor::builder("pool")
         .dynamic()
         .child(slow)
@@ -957,19 +946,8 @@ async fn an_unobserved_pool_returns_once_its_last_child_stops() {
 async fn a_pool_stopping_while_a_child_is_removed_still_answers_the_removal() {
     let started = Counter::new();
     let release = Arc::new(Notify::new());
-    let leaving = {
-        let (started, release) = (started.clone(), Arc::clone(&release));
-        ChildSpec::new("leaving", move |ctx: Context| {
-            let (started, release) = (started.clone(), Arc::clone(&release));
-            async move {
-                started.up();
-                ctx.shutdown_requested().await;
-                release.notified().await;
-                Ok::<(), io::Error>(())
-            }
-        })
-        .shutdown(Shutdown::Infinity)
-    };
+    let asked = Arc::new(Notify::new());
+    let leaving = held_at_stop("leaving", &started, &asked, &release);
     let supervisor = Supervisor::builder("pool")
         .dynamic()
         .child(leaving)

@@ -13,6 +13,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::decimal::write_decimal;
+
 /// The first descriptor of the protocol (after stdin, stdout and stderr).
 pub(crate) const FIRST_FD: RawFd = 3;
 
@@ -175,7 +177,10 @@ impl Exec {
                     self.fail();
                 }
             }
-            write_decimal(&mut self.pid_slot[PID_SLOT.len()..], libc::getpid());
+            write_decimal(
+                &mut self.pid_slot[PID_SLOT.len()..],
+                libc::getpid().unsigned_abs(),
+            );
             libc::execve(
                 self.program.as_ptr(),
                 self.argv.as_ptr(),
@@ -234,25 +239,6 @@ fn null_terminated(
     pointers: impl Iterator<Item = *const libc::c_char>,
 ) -> Vec<*const libc::c_char> {
     pointers.chain(std::iter::once(std::ptr::null())).collect()
-}
-
-/// Writes `value` in decimal at the start of `out`, NUL-terminated, without allocating.
-fn write_decimal(out: &mut [u8], value: i32) {
-    let mut digits = [0u8; 10];
-    let mut len = 0;
-    let mut rest = value.unsigned_abs();
-    loop {
-        digits[len] = b'0' + (rest % 10) as u8;
-        len += 1;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    for (slot, digit) in out.iter_mut().zip(digits[..len].iter().rev()) {
-        *slot = *digit;
-    }
-    out[len] = 0;
 }
 
 /// How the child decoded a failed exec from its report: the errno, if the bytes are one.
@@ -364,7 +350,7 @@ mod tests {
     fn writes_any_pid_in_decimal() {
         for (value, text) in [(1, "1"), (42, "42"), (i32::MAX, "2147483647")] {
             let mut out = [0xffu8; PID_DIGITS];
-            write_decimal(&mut out, value);
+            write_decimal(&mut out, value.unsigned_abs());
             let end = out.iter().position(|b| *b == 0).unwrap();
             assert_eq!(&out[..end], text.as_bytes());
         }

@@ -22,6 +22,7 @@ use std::ffi::CStr;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+use super::decimal::write_decimal;
 use super::keeper::{close, detach, errno, exit, name_process, stop_recorded};
 
 /// The files the keeper watches and removes, opened and named before the fork.
@@ -238,7 +239,7 @@ fn remove(files: &Files<'_>, slots: i32, state_path: *const libc::c_char) {
     let mut misses = 0;
     let mut slot = 0u32;
     while misses < SLOT_SWEEP_MARGIN {
-        decimal(slot, &mut name);
+        write_decimal(&mut name, slot);
         // SAFETY: unlinkat with a directory descriptor and a NUL-terminated name on the stack.
         let removed = unsafe { libc::unlinkat(slots, name.as_ptr().cast(), 0) } == 0;
         misses = if removed { 0 } else { misses + 1 };
@@ -254,24 +255,6 @@ fn remove(files: &Files<'_>, slots: i32, state_path: *const libc::c_char) {
     }
 }
 
-/// Writes `n` in decimal, NUL-terminated, into `out`.
-fn decimal(mut n: u32, out: &mut [u8; 12]) {
-    let mut digits = [0u8; 10];
-    let mut count = 0;
-    loop {
-        digits[count] = b'0' + (n % 10) as u8;
-        count += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for (at, digit) in digits[..count].iter().rev().enumerate() {
-        out[at] = *digit;
-    }
-    out[count] = 0;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,7 +263,7 @@ mod tests {
     fn slot_names_are_decimal() {
         let mut name = [0xffu8; 12];
         for n in [0, 7, 10, 4_294_967_295] {
-            decimal(n, &mut name);
+            write_decimal(&mut name, n);
             let text = CStr::from_bytes_until_nul(&name).unwrap().to_str().unwrap();
             assert_eq!(text, n.to_string());
         }

@@ -15,6 +15,8 @@ use std::io;
 use std::time::Duration;
 
 #[cfg(target_os = "linux")]
+use super::decimal::write_decimal;
+#[cfg(target_os = "linux")]
 use super::sysv::{NOWAIT, UNDO, op, sem};
 
 /// How long the keeper waits for a service to go after SIGKILL.
@@ -598,21 +600,7 @@ fn read_proc_stat(pid: i32, buffer: &mut [u8; 1024]) -> Option<&str> {
     let prefix = b"/proc/";
     path[..prefix.len()].copy_from_slice(prefix);
     let mut at = prefix.len();
-    let mut digits = [0u8; 10];
-    let mut n = pid as u32;
-    let mut count = 0;
-    loop {
-        digits[count] = b'0' + (n % 10) as u8;
-        count += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for i in (0..count).rev() {
-        path[at] = digits[i];
-        at += 1;
-    }
+    at += write_decimal(&mut path[at..], pid as u32);
     path[at..at + 5].copy_from_slice(b"/stat");
     // The rest of `path` is zeros, so it is NUL-terminated.
     let length = read_file(path.as_ptr().cast(), buffer)?;

@@ -4,6 +4,8 @@
 //! operating system directly.
 
 #[cfg(unix)]
+mod decimal;
+#[cfg(unix)]
 pub(crate) mod exec;
 #[cfg(unix)]
 pub(crate) mod file_keeper;

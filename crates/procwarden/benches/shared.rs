@@ -36,6 +36,9 @@
 //! `PROCWARDEN_BENCH_SHARED_NEW_CLIENT_ITERS` (new clients per batch, default a twentieth of the
 //! operations) change it. Run as a test (`cargo test --all-targets`), it does a quick smoke run.
 
+#[cfg(target_os = "linux")]
+mod common;
+
 #[cfg(not(target_os = "linux"))]
 fn main() {
     println!("shared bench: Linux only (System V semaphores); nothing measured");
@@ -97,14 +100,9 @@ mod linux {
         }
     }
 
+    /// See [`crate::common::env_usize`]; a bad value fails the run.
     fn env_usize(name: &str, default: usize) -> usize {
-        match std::env::var(name) {
-            Ok(value) => match value.trim().parse() {
-                Ok(parsed) if parsed > 0 => parsed,
-                _ => fail(&format!("{name}={value:?} is not a positive integer")),
-            },
-            Err(_) => default,
-        }
+        crate::common::env_usize(name, default).unwrap_or_else(|why| fail(&why))
     }
 
     /// Fails the run by unwinding, so that every guard below cleans up on the way out.

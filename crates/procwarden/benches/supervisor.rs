@@ -20,6 +20,8 @@
 //! 100000), `PROCWARDEN_BENCH_ITERS` (default 500) and `PROCWARDEN_BENCH_REPS` (default 3)
 //! shrink or grow it. Run as a test (`cargo test --all-targets`), it does a quick smoke run.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
 use std::future::Future;
@@ -223,14 +225,9 @@ impl Config {
     }
 }
 
+/// See [`common::env_usize`]; a bad value fails the run.
 fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(value) => match value.trim().parse() {
-            Ok(parsed) if parsed > 0 => parsed,
-            _ => fail(&format!("{name}={value:?} is not a positive integer")),
-        },
-        Err(_) => default,
-    }
+    common::env_usize(name, default).unwrap_or_else(|why| fail(&why))
 }
 
 /// Every measurement gets a fresh runtime of the same shape.

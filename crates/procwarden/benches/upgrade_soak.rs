@@ -61,6 +61,9 @@
 //! Every server process is a descendant of this one (it is their subreaper); all are stopped
 //! and reaped at the end, also on failure, and the temp directory is removed.
 
+#[cfg(target_os = "linux")]
+mod common;
+
 #[cfg(not(target_os = "linux"))]
 fn main() {
     println!("upgrade_soak bench: Linux only (subreaper, /proc); nothing measured");
@@ -241,14 +244,9 @@ mod soak {
         }
     }
 
+    /// See [`crate::common::env_usize`]; a bad value fails the run.
     fn env_usize(name: &str, default: usize) -> usize {
-        match std::env::var(name) {
-            Ok(value) => match value.trim().parse() {
-                Ok(parsed) if parsed > 0 => parsed,
-                _ => fail(&format!("{name}={value:?} is not a positive integer")),
-            },
-            Err(_) => default,
-        }
+        crate::common::env_usize(name, default).unwrap_or_else(|why| fail(&why))
     }
 
     fn shell_quote(path: &Path) -> String {

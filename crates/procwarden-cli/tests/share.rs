@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use procwarden::process::{Pid, ProcessRef};
 use procwarden::shared::{RefCounter, StateDir};
 
+mod common;
+use common::{stderr, stdout};
+
 const BOUND: Duration = Duration::from_secs(60);
 
 struct Scratch {
@@ -58,14 +61,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[test]

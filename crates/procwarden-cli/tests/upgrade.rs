@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use procwarden::process::{Pid, ProcessRef};
 
+mod common;
+use common::{stderr, stdout};
+
 /// The longest any one wait in these tests may take.
 const BOUND: Duration = Duration::from_secs(60);
 
@@ -225,14 +228,6 @@ impl Drop for Scratch {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[test]

@@ -989,11 +989,15 @@ impl Core {
     fn stop_pool(&mut self) {
         let now = Instant::now();
         let mut graces = Vec::new();
-        // A child being removed or restarted on demand has a caller waiting for its exit.
+        // A child being removed or restarted on demand has a caller waiting for its exit, and
+        // one that failed to start has its exit reason still to be recorded.
         let mut awaited = false;
         for (key, slot) in &mut self.slots {
             if !is_up_at_shutdown(slot, &mut self.active) {
-                awaited |= matches!(slot.state, State::Stopping(ref after) if !matches!(after, After::Nothing));
+                awaited |= matches!(
+                    slot.state,
+                    State::Stopping(After::Remove(_) | After::Restart(_) | After::Fail(_))
+                );
                 continue;
             }
             slot.state = State::Stopping(After::Nothing);

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
+use smol_str::SmolStr;
 use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
@@ -59,7 +60,7 @@ struct Spawned {
 
 /// What outlives one run of a child: its identity, reload requests and mailbox.
 pub(crate) struct SlotShared {
-    pub(crate) name: Arc<str>,
+    pub(crate) name: SmolStr,
     /// The supervisor's path; the child's own is made from it when first needed.
     parent: Arc<str>,
     path: OnceLock<Arc<str>>,
@@ -94,7 +95,7 @@ impl Mailbox {
 
 impl SlotShared {
     pub(crate) fn new(
-        name: Arc<str>,
+        name: SmolStr,
         parent: Arc<str>,
         accepts: Option<MessageType>,
         is_supervisor: bool,

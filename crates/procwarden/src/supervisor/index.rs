@@ -5,7 +5,6 @@
 //! is half the size. Finding a name is a binary search, then a comparison with the child's own.
 
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Arc;
 
 use super::ChildSpec;
 
@@ -46,7 +45,7 @@ impl NameIndex {
     }
 
     /// The position of the child named `name`.
-    pub(crate) fn find(&self, name: &str, children: &[Arc<ChildSpec>]) -> Option<usize> {
+    pub(crate) fn find(&self, name: &str, children: &[ChildSpec]) -> Option<usize> {
         let hash = self.hasher.hash_one(name);
         let first = self.entries.partition_point(|&(h, _)| h < hash);
         self.entries[first..]
@@ -98,10 +97,9 @@ mod tests {
     fn finds_every_name_and_no_other() {
         let children = specs(&["a", "b", "c"]);
         let index = NameIndex::build(&children, not_empty).ok().unwrap();
-        let shared: Vec<Arc<ChildSpec>> = children.into_iter().map(Arc::new).collect();
-        assert_eq!(index.find("a", &shared), Some(0));
-        assert_eq!(index.find("c", &shared), Some(2));
-        assert_eq!(index.find("d", &shared), None);
+        assert_eq!(index.find("a", &children), Some(0));
+        assert_eq!(index.find("c", &children), Some(2));
+        assert_eq!(index.find("d", &children), None);
     }
 
     #[test]
@@ -128,8 +126,7 @@ mod tests {
             hasher,
             entries: vec![(hash, 0), (hash, 1)],
         };
-        let shared: Vec<Arc<ChildSpec>> = children.into_iter().map(Arc::new).collect();
-        assert_eq!(index.find("b", &shared), Some(1));
+        assert_eq!(index.find("b", &children), Some(1));
         assert_eq!(
             first_duplicate(&[(7, 0), (7, 1)], &specs(&["a", "a"])),
             Some(1)

@@ -2,6 +2,7 @@
 //! outcome reported to its supervisor.
 
 use std::future::Future;
+use std::ops::Deref;
 use std::panic::AssertUnwindSafe;
 use std::pin::pin;
 use std::sync::Arc;
@@ -24,14 +25,23 @@ where
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Into<BoxError> + 'static,
 {
-    fn launch(self: Arc<Self>, ctx: Context) {
+    fn launch_static(&'static self, ctx: Context) {
+        spawn(self, ctx);
+    }
+
+    fn launch_shared(self: Arc<Self>, ctx: Context) {
         spawn(self, ctx);
     }
 }
 
+/// How a run holds its child's function: `&'static` when it has no state, else an `Arc`.
+trait FnRef<F>: Deref<Target = ChildFn<F>> + Send + Sync + 'static {}
+
+impl<F, R: Deref<Target = ChildFn<F>> + Send + Sync + 'static> FnRef<F> for R {}
+
 /// Spawns `run(ctx)` as a task. Generic, so the child's future sits in the task unboxed; the
 /// `tracing` span is attached only when something listens for it.
-fn spawn<F, Fut, E>(run: Arc<ChildFn<F>>, ctx: Context)
+fn spawn<F, Fut, E>(run: impl FnRef<F>, ctx: Context)
 where
     F: Fn(Context) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
@@ -52,7 +62,7 @@ where
 ///
 /// Not an `async fn`: the guard that ends the run is made here, so that it ends the run even if
 /// the task is dropped before its first poll.
-fn run_child<F, Fut, E>(run: Arc<ChildFn<F>>, ctx: Context) -> impl Future<Output = ()>
+fn run_child<F, Fut, E>(run: impl FnRef<F>, ctx: Context) -> impl Future<Output = ()>
 where
     F: Fn(Context) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
@@ -96,7 +106,7 @@ impl Drop for EndRun {
 }
 
 /// The function, contained, then the tasks it spawned, then the report.
-async fn run_and_report<F, Fut, E>(run: Arc<ChildFn<F>>, ctx: &Context)
+async fn run_and_report<F, Fut, E>(run: impl FnRef<F>, ctx: &Context)
 where
     F: Fn(Context) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,

@@ -6,6 +6,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use smol_str::SmolStr;
+
 use super::{Backoff, Context, Restart, Supervisor};
 
 /// The error type a child may return: anything that converts into a boxed error, as
@@ -17,11 +19,40 @@ pub type ChildResult = Result<(), BoxError>;
 
 /// Spawns one run of a child as a task; made generic over the child's future by
 /// [`ChildSpec::new`], so that the future lives in the task itself, unboxed. The function is
-/// the launcher itself: one allocation per spec, and one less pointer to follow per start.
-pub(crate) type Launch = Arc<dyn LaunchRun>;
+/// the launcher itself: one pointer to follow per start.
+#[derive(Clone)]
+pub(crate) enum Launch {
+    /// A function without state, such as a plain `fn` or a closure that captures nothing: it
+    /// needs no memory, so nothing is allocated per spec, or freed when a pool of them goes.
+    Stateless(&'static dyn LaunchRun),
+    /// A function with state, shared by every run of the child.
+    Shared(Arc<dyn LaunchRun>),
+}
 
 pub(crate) trait LaunchRun: Send + Sync {
-    fn launch(self: Arc<Self>, ctx: Context);
+    fn launch_static(&'static self, ctx: Context);
+    fn launch_shared(self: Arc<Self>, ctx: Context);
+}
+
+impl Launch {
+    /// Wraps `run`, allocating only when it has state.
+    fn new<L: LaunchRun + 'static>(run: L) -> Self {
+        if size_of::<L>() == 0 && !std::mem::needs_drop::<L>() {
+            // A `Box` of a zero-sized value allocates nothing, and leaking a value with no drop
+            // glue loses nothing: this is a `'static` reference for free.
+            Self::Stateless(Box::leak(Box::new(run)))
+        } else {
+            Self::Shared(Arc::new(run))
+        }
+    }
+
+    /// Spawns one run, as a task of the current runtime.
+    pub(crate) fn launch(&self, ctx: Context) {
+        match self {
+            Self::Stateless(run) => run.launch_static(ctx),
+            Self::Shared(run) => Arc::clone(run).launch_shared(ctx),
+        }
+    }
 }
 
 /// How long a child may take to stop once asked (OTP's `shutdown` child option).
@@ -82,7 +113,7 @@ pub trait Service: Send + Sync + 'static {
 /// ```
 #[derive(Clone)]
 pub struct ChildSpec {
-    pub(crate) name: Arc<str>,
+    pub(crate) name: SmolStr,
     pub(crate) launch: Launch,
     pub(crate) restart: Restart,
     pub(crate) shutdown: Shutdown,
@@ -120,10 +151,9 @@ impl ChildSpec {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
-        let launch: Launch = Arc::new(super::launch::ChildFn(run));
         Self {
-            name: name.into().into(),
-            launch,
+            name: SmolStr::from(name.into()),
+            launch: Launch::new(super::launch::ChildFn(run)),
             restart: Restart::default(),
             shutdown: Shutdown::default(),
             start_timeout: Some(Duration::from_secs(30)),
@@ -226,5 +256,52 @@ impl fmt::Debug for ChildSpec {
             .field("backoff", &self.backoff)
             .field("messages", &self.messages.map(|m| m.name))
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    async fn plain(_: Context) -> ChildResult {
+        Ok(())
+    }
+
+    #[test]
+    fn a_function_without_state_costs_no_allocation() {
+        assert!(matches!(
+            ChildSpec::new("f", plain).launch,
+            Launch::Stateless(_)
+        ));
+        let closure = ChildSpec::new("c", |_| async { Ok::<(), Infallible>(()) });
+        assert!(matches!(closure.launch, Launch::Stateless(_)));
+        let state = Arc::new(1);
+        let capturing = ChildSpec::new("s", move |_| {
+            let _ = &state;
+            async { Ok::<(), Infallible>(()) }
+        });
+        assert!(matches!(capturing.launch, Launch::Shared(_)));
+    }
+
+    #[test]
+    fn a_zero_sized_function_with_a_drop_is_dropped() {
+        static DROPS: AtomicUsize = AtomicUsize::new(0);
+        struct Guard;
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                DROPS.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let guard = Guard;
+        let spec = ChildSpec::new("g", move |_| {
+            let _ = &guard;
+            async { Ok::<(), Infallible>(()) }
+        });
+        assert!(matches!(spec.launch, Launch::Shared(_)));
+        drop(spec);
+        assert_eq!(DROPS.load(Ordering::SeqCst), 1);
     }
 }

@@ -49,7 +49,9 @@ pub(crate) struct Definition {
     pub(crate) strategy: Strategy,
     pub(crate) intensity: Intensity,
     pub(crate) dynamic: bool,
-    pub(crate) children: Vec<Arc<ChildSpec>>,
+    /// Held by value: a slot refers to its spec by position, so that a pool of many children
+    /// costs no allocation per child here, and dropping it no deallocation per child.
+    pub(crate) children: Vec<ChildSpec>,
     /// Each first child's position in `children`, by name: made once by the builder's
     /// duplicate check, so that no run of the supervisor has to index them again.
     pub(crate) index: NameIndex,
@@ -148,7 +150,7 @@ impl SupervisorBuilder {
                 strategy: self.strategy,
                 intensity: self.intensity,
                 dynamic: self.dynamic,
-                children: self.children.into_iter().map(Arc::new).collect(),
+                children: self.children,
                 index,
             }),
             channel: Some(Channel::new()),

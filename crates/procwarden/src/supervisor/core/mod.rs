@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use slab::Slab;
+use smol_str::SmolStr;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -115,7 +116,7 @@ pub(crate) struct Core {
     slots: Slab<Slot>,
     /// Children added at run time, by name; the first children are found through the
     /// definition's index.
-    names: HashMap<Arc<str>, usize>,
+    names: HashMap<SmolStr, usize>,
     next_seq: u64,
     next_generation: u64,
     /// Children waiting to be started, in start order.
@@ -216,16 +217,12 @@ impl Core {
         async move {
             tracing::debug!("starting");
             self.observed = self.handle.tree().events.receiver_count() > 0;
-            let definition = Arc::clone(&self.definition);
-            self.slots.reserve(definition.children.len());
+            let first = self.definition.children.len();
+            self.slots.reserve(first);
             // All slots first, then all spawns back to back: a burst keeps the runtime's other
             // workers busy stealing instead of parking and being woken for each task.
-            let keys: Vec<usize> = definition
-                .children
-                .iter()
-                .map(|spec| self.insert_first(Arc::clone(spec)))
-                .collect();
-            if definition.dynamic {
+            let keys: Vec<usize> = (0..first).map(|_| self.insert_slot(None)).collect();
+            if self.definition.dynamic {
                 self.start_burst(&keys);
             } else {
                 for key in keys {
@@ -406,39 +403,35 @@ impl Core {
     // ---- adding, starting, readiness -------------------------------------------------------
 
     /// Gives a child added at run time its slot; its name must already be valid.
-    fn insert(&mut self, spec: Arc<ChildSpec>) -> Result<usize, SupervisorError> {
+    fn insert(&mut self, spec: Box<ChildSpec>) -> Result<usize, SupervisorError> {
         if self.find(&spec.name).is_some() {
             return Err(SupervisorError::DuplicateName {
                 path: format!("{}/{}", self.handle.path(), spec.name),
             });
         }
-        let name = Arc::clone(&spec.name);
-        let key = self.insert_slot(spec);
+        let name = spec.name.clone();
+        let key = self.insert_slot(Some(spec));
         self.names.insert(name, key);
         Ok(key)
     }
 
-    /// Gives one of the definition's children its slot, at its position: the builder checked
-    /// the names, and the definition's index finds it.
-    fn insert_first(&mut self, spec: Arc<ChildSpec>) -> usize {
-        let key = self.insert_slot(spec);
-        debug_assert_eq!(Some(key), self.find(&self.slots[key].spec.name));
-        key
-    }
-
-    fn insert_slot(&mut self, spec: Arc<ChildSpec>) -> usize {
+    /// Gives a child its slot: one added at run time with its own spec, or else the next of the
+    /// definition's children, at its position (the builder checked the names, and the
+    /// definition's index finds it).
+    fn insert_slot(&mut self, added: Option<Box<ChildSpec>>) -> usize {
         let parent = Arc::clone(self.handle.shared_path());
         let entry = self.slots.vacant_entry();
         let key = entry.key();
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let spec = slot::spec_of(seq, added.as_deref(), &self.definition);
         let shared = Arc::new(SlotShared::new(
-            Arc::clone(&spec.name),
+            spec.name.clone(),
             parent,
             spec.messages,
             spec.is_supervisor,
         ));
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        entry.insert(Slot::new(seq, spec, shared));
+        entry.insert(Slot::new(seq, added, shared));
         self.active += 1;
         key
     }
@@ -451,7 +444,7 @@ impl Core {
             });
         }
         name::validate(&spec.name)?;
-        let key = self.insert(Arc::from(spec))?;
+        let key = self.insert(spec)?;
         self.queue_start(key);
         self.pump();
         Ok(())
@@ -484,7 +477,10 @@ impl Core {
         let now = Instant::now();
         let ctx = self.prepare(key, now);
         self.handle.pool_drain().task_started();
-        Arc::clone(&self.slots[key].spec.launch).launch(ctx.clone());
+        self.slots[key]
+            .spec(&self.definition)
+            .launch
+            .launch(ctx.clone());
         self.commit(key, ctx, now);
     }
 
@@ -496,7 +492,10 @@ impl Core {
         let prepared: Vec<Context> = keys.iter().map(|&key| self.prepare(key, now)).collect();
         for (ctx, &key) in prepared.iter().zip(keys) {
             self.handle.pool_drain().task_started();
-            Arc::clone(&self.slots[key].spec.launch).launch(ctx.clone());
+            self.slots[key]
+                .spec(&self.definition)
+                .launch
+                .launch(ctx.clone());
         }
         for (ctx, &key) in prepared.into_iter().zip(keys) {
             self.commit(key, ctx, now);
@@ -530,10 +529,10 @@ impl Core {
         }
         self.emit(key, || EventKind::Starting);
         let slot = &mut self.slots[key];
-        if slot.spec.reports_ready {
+        if slot.spec(&self.definition).reports_ready {
             slot.state = State::Starting;
             let order = slot.order(key);
-            if let Some(timeout) = slot.spec.start_timeout {
+            if let Some(timeout) = slot.spec(&self.definition).start_timeout {
                 self.timers.push(Timer {
                     at: now + timeout,
                     key,
@@ -635,7 +634,7 @@ impl Core {
     /// A child ended by itself (or failed to start): restart it, and maybe its siblings, by policy.
     fn on_exit(&mut self, key: usize, reason: ExitReason) {
         let slot = &self.slots[key];
-        if self.shutting_down() || !slot.spec.restart.restarts_after(&reason) {
+        if self.shutting_down() || !slot.spec(&self.definition).restart.restarts_after(&reason) {
             self.finish(key);
             return;
         }
@@ -679,14 +678,17 @@ impl Core {
     fn next_delay(&mut self, key: usize) -> Duration {
         let now = Instant::now();
         let slot = &mut self.slots[key];
-        let stable = slot.spec.backoff.stable_period();
+        let stable = slot.spec(&self.definition).backoff.stable_period();
         if slot
             .since
             .is_some_and(|since| now.saturating_duration_since(since) >= stable)
         {
             slot.attempt = 0;
         }
-        let delay = slot.spec.backoff.jittered_delay(slot.attempt);
+        let delay = slot
+            .spec(&self.definition)
+            .backoff
+            .jittered_delay(slot.attempt);
         slot.attempt = slot.attempt.saturating_add(1);
         delay
     }
@@ -780,7 +782,7 @@ impl Core {
             if slot.seq != seq || !matches!(slot.state, State::Waiting) {
                 continue;
             }
-            if slot.spec.restart == Restart::Temporary {
+            if slot.spec(&self.definition).restart == Restart::Temporary {
                 self.finish(key);
                 continue;
             }
@@ -796,7 +798,7 @@ impl Core {
         let slot = &mut self.slots[key];
         let Some(live) = &slot.live else { return };
         slot.state = State::Stopping(after);
-        match slot.spec.shutdown {
+        match slot.spec(&self.definition).shutdown {
             Shutdown::Brutal => {
                 live.run().abort();
                 self.exits
@@ -823,7 +825,8 @@ impl Core {
         let order = slot.order(key);
         self.pending.remove(&order);
         self.unready.remove(&order);
-        let removable = self.definition.dynamic || slot.spec.restart == Restart::Temporary;
+        let removable =
+            self.definition.dynamic || slot.spec(&self.definition).restart == Restart::Temporary;
         if removable && !shutting_down {
             self.remove_slot(key);
         } else if !matches!(slot.state, State::Stopped) {
@@ -835,7 +838,7 @@ impl Core {
     fn remove_slot(&mut self, key: usize) {
         let slot = self.slots.remove(key);
         let order = slot.order(key);
-        self.names.remove(&slot.spec.name);
+        self.names.remove(&slot.spec(&self.definition).name);
         self.pending.remove(&order);
         self.unready.remove(&order);
         if !matches!(slot.state, State::Stopped) {
@@ -869,7 +872,10 @@ impl Core {
             }
             match (timer.kind, &slot.state) {
                 (Kind::Start, State::Starting) => {
-                    let timeout = slot.spec.start_timeout.unwrap_or_default();
+                    let timeout = slot
+                        .spec(&self.definition)
+                        .start_timeout
+                        .unwrap_or_default();
                     let why = ExitReason::failed(format!("not ready within {timeout:?}"));
                     tracing::warn!(path = %slot.shared.path(), "not ready within {timeout:?}");
                     self.begin_stop(timer.key, After::Fail(why));
@@ -903,7 +909,7 @@ impl Core {
             .iter()
             .filter(|(_, slot)| {
                 matches!(slot.state, State::Stopping(_))
-                    && slot.spec.shutdown == Shutdown::Timeout(grace)
+                    && slot.spec(&self.definition).shutdown == Shutdown::Timeout(grace)
                     // A silent pool's runs that ended are still `Stopping` here.
                     && slot.live.as_ref().is_some_and(|live| !live.run().has_ended())
             })
@@ -947,7 +953,8 @@ impl Core {
         }
         let &(_, key) = self.live_order.last()?;
         let slot = &self.slots[key];
-        (slot.is_up() && slot.spec.shutdown != Shutdown::Brutal).then_some((key, slot.generation))
+        (slot.is_up() && slot.spec(&self.definition).shutdown != Shutdown::Brutal)
+            .then_some((key, slot.generation))
     }
 
     fn begin_shutdown(&mut self, outcome: Result<(), SupervisorError>) {
@@ -1001,7 +1008,7 @@ impl Core {
                 continue;
             }
             slot.state = State::Stopping(After::Nothing);
-            match slot.spec.shutdown {
+            match slot.spec(&self.definition).shutdown {
                 Shutdown::Brutal => {
                     if let Some(live) = &slot.live {
                         live.run().abort();
@@ -1195,7 +1202,7 @@ impl Core {
 
     fn nested(&self, name: &str) -> Result<SupervisorHandle, SupervisorError> {
         let slot = &self.slots[self.key_of(name)?];
-        if !slot.spec.is_supervisor {
+        if !slot.spec(&self.definition).is_supervisor {
             return Err(SupervisorError::NotASupervisor {
                 path: slot.shared.path().to_string(),
             });
@@ -1214,7 +1221,7 @@ impl Core {
                 let nested = slot
                     .live
                     .as_ref()
-                    .filter(|_| slot.spec.is_supervisor)
+                    .filter(|_| slot.spec(&self.definition).is_supervisor)
                     .and_then(|_| nested_handle(&slot.shared));
                 let report = SlotReport {
                     status: slot.status(now),

@@ -6,6 +6,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::super::context::SlotShared;
+use super::super::supervisor::Definition;
 use super::super::{ChildSpec, ChildState, ChildStatus, Context, ExitReason, SupervisorError};
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, SupervisorError>>;
@@ -14,7 +15,9 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T, SupervisorError>>;
 pub(super) struct Slot {
     /// Position in the start order; never reused.
     pub(super) seq: u64,
-    pub(super) spec: Arc<ChildSpec>,
+    /// The spec of a child added at run time; the definition's children have theirs at their
+    /// position there, which is their sequence number (see [`Slot::spec`]).
+    added: Option<Box<ChildSpec>>,
     pub(super) shared: Arc<SlotShared>,
     pub(super) state: State,
     /// Identifies the current run, or the current backoff; messages and timers that carry an
@@ -27,6 +30,16 @@ pub(super) struct Slot {
     pub(super) attempt: u32,
     pub(super) since: Option<Instant>,
     pub(super) last_exit: Option<ExitReason>,
+}
+
+/// The spec of the child with sequence number `seq`: its own when it was added at run time,
+/// else the definition's at that position (the first children are numbered in order, from 0).
+pub(super) fn spec_of<'a>(
+    seq: u64,
+    added: Option<&'a ChildSpec>,
+    definition: &'a Definition,
+) -> &'a ChildSpec {
+    added.unwrap_or_else(|| &definition.children[seq as usize])
 }
 
 pub(super) enum State {
@@ -51,10 +64,10 @@ pub(super) enum After {
 }
 
 impl Slot {
-    pub(super) fn new(seq: u64, spec: Arc<ChildSpec>, shared: Arc<SlotShared>) -> Self {
+    pub(super) fn new(seq: u64, added: Option<Box<ChildSpec>>, shared: Arc<SlotShared>) -> Self {
         Self {
             seq,
-            spec,
+            added,
             shared,
             state: State::Waiting,
             generation: 0,
@@ -64,6 +77,11 @@ impl Slot {
             since: None,
             last_exit: None,
         }
+    }
+
+    /// The child's spec, kept by the slot or by the supervisor's definition.
+    pub(super) fn spec<'a>(&'a self, definition: &'a Definition) -> &'a ChildSpec {
+        spec_of(self.seq, self.added.as_deref(), definition)
     }
 
     pub(super) fn order(&self, key: usize) -> (u64, usize) {
@@ -91,7 +109,7 @@ impl Slot {
             State::Stopped => ChildState::Stopped,
         };
         ChildStatus {
-            name: Arc::clone(&self.shared.name),
+            name: Arc::from(&*self.shared.name),
             path: Arc::clone(self.shared.path()),
             state,
             restarts: self.restarts,

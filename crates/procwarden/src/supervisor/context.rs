@@ -11,13 +11,14 @@ use futures_util::task::AtomicWaker;
 use smol_str::SmolStr;
 use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc};
 use tokio::task::JoinSet;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::SupervisorHandle;
 use super::core::Msg;
 use super::handle::Tree;
 use super::spec::MessageType;
+use super::stop_signal::StopSignal;
 
 /// A child's view of its supervisor, for one run of the child.
 ///
@@ -33,7 +34,7 @@ pub(crate) struct Run {
     pub(crate) slot: Arc<SlotShared>,
     pub(crate) key: usize,
     pub(crate) generation: u64,
-    pub(crate) token: CancellationToken,
+    pub(crate) stop: StopSignal,
     ready_sent: AtomicBool,
     supervisor: Arc<SupervisorHandle>,
     spawned: Mutex<Spawned>,
@@ -122,14 +123,13 @@ impl Run {
         slot: Arc<SlotShared>,
         key: usize,
         generation: u64,
-        token: CancellationToken,
         supervisor: Arc<SupervisorHandle>,
     ) -> Self {
         Self {
             slot,
             key,
             generation,
-            token,
+            stop: StopSignal::default(),
             ready_sent: AtomicBool::new(false),
             supervisor,
             spawned: Mutex::new(Spawned::default()),
@@ -257,18 +257,19 @@ impl Context {
     }
 
     /// Completes when the supervisor asks this child to stop. Cancel-safe.
-    pub fn shutdown_requested(&self) -> WaitForCancellationFuture<'_> {
-        self.inner.token.cancelled()
+    pub fn shutdown_requested(&self) -> impl Future<Output = ()> + Send + '_ {
+        self.inner.stop.requested()
     }
 
     /// Whether the supervisor has asked this child to stop.
     pub fn is_shutdown_requested(&self) -> bool {
-        self.inner.token.is_cancelled()
+        self.inner.stop.is_requested()
     }
 
-    /// A token cancelled when this child should stop, to hand to code that takes one.
+    /// A token cancelled when this child should stop, to hand to code that takes one. The
+    /// first call makes it; later ones return clones of it.
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.inner.token.clone()
+        self.inner.stop.token()
     }
 
     /// Completes when a reload was requested since the last time it completed.
@@ -308,8 +309,9 @@ impl Context {
         Some(*message.downcast::<M>().expect("send checks the type"))
     }
 
-    /// Spawns a task that belongs to this child: when the child's function returns, the child's
-    /// shutdown token is cancelled and the supervisor waits for these tasks, within the child's
+    /// Spawns a task that belongs to this child: when the child's function returns, the child
+    /// counts as asked to stop (so these tasks see [`shutdown_requested`](Self::shutdown_requested)
+    /// complete) and the supervisor waits for them, within the child's
     /// grace period, before it counts the child as stopped; an abort aborts them too.
     ///
     /// A panic in such a task is logged with the child's path; it does not fail the child. Once

@@ -117,14 +117,12 @@ where
         .catch_unwind()
         .await;
     let state = ctx.run();
-    let reason = exit_reason(outcome, state.token.is_cancelled());
+    let reason = exit_reason(outcome, state.stop.is_requested());
     if let ExitReason::Failed(_) | ExitReason::Panicked(_) = &reason {
         tracing::warn!("{reason}");
     }
-    if !state.token.is_cancelled() {
-        // The tasks it spawned stop with it.
-        state.token.cancel();
-    }
+    // The tasks it spawned stop with it.
+    state.stop.request();
     state.drain_spawned().await;
     if ctx.supervisor().pool_drain().is_silent() {
         // Its pool is stopping and counts the ends of tasks instead (see `pool_drain`).

@@ -45,6 +45,7 @@ mod shutdown_request;
 mod signals;
 mod spec;
 mod status;
+mod stop_signal;
 #[allow(clippy::module_inception)]
 mod supervisor;
 

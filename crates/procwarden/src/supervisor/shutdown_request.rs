@@ -4,7 +4,7 @@
 //! through the supervisor's task first would cost a wake-up of that task before the child even
 //! hears of it, and on a busy runtime every extra wake-up is one more chance of a hop to another
 //! worker. So the supervisor publishes which run a shutdown would stop first, and
-//! [`SupervisorHandle::shutdown`](super::SupervisorHandle::shutdown) cancels that run itself. The
+//! [`SupervisorHandle::shutdown`](super::SupervisorHandle::shutdown) tells that run itself. The
 //! supervisor learns of the request from the run: by its exit, which wakes the supervisor
 //! anyway, or, if it does not exit at once, from its task's next poll, which pokes the
 //! supervisor to arm the child's grace period. Every other case — no run published, a pool, a
@@ -46,7 +46,7 @@ impl ShutdownRequest {
         let Some(run) = lock(&self.first).take().and_then(|run| run.upgrade()) else {
             return Delivery::Message;
         };
-        run.token.cancel();
+        run.stop.request();
         // Polled once more even if it does not wait for its token, so that it pokes.
         run.wake_task();
         // A run in the middle of a poll may be blocking its thread, and then would never tell

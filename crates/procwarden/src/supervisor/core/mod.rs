@@ -18,7 +18,6 @@ use slab::Slab;
 use smol_str::SmolStr;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use self::slot::{After, Reply, Slot, State};
@@ -138,8 +137,6 @@ pub(crate) struct Core {
     stopping_now: Option<usize>,
     /// Exits decided here rather than reported by a task (aborts), handled before the next wait.
     exits: VecDeque<(usize, u64, ExitReason)>,
-    /// Parent of every run's token, so that a pool is told to stop with one cancellation.
-    children_token: CancellationToken,
     /// Set once shutting down, with the result to return.
     outcome: Option<Result<(), SupervisorError>>,
     /// Children not stopped for good.
@@ -180,7 +177,6 @@ impl Core {
             stop_queue: Vec::new(),
             stopping_now: None,
             exits: VecDeque::new(),
-            children_token: CancellationToken::new(),
             outcome: None,
             active: 0,
             live: 0,
@@ -505,7 +501,6 @@ impl Core {
     /// A new run's context, not yet spawned.
     fn prepare(&mut self, key: usize, now: Instant) -> Context {
         let generation = self.next_generation();
-        let token = self.children_token.child_token();
         let slot = &mut self.slots[key];
         slot.generation = generation;
         slot.since = Some(now);
@@ -513,7 +508,6 @@ impl Core {
             Arc::clone(&slot.shared),
             key,
             generation,
-            token,
             Arc::clone(&self.handle),
         ))
     }
@@ -805,7 +799,7 @@ impl Core {
                     .push_back((key, slot.generation, ExitReason::Aborted));
             }
             Shutdown::Timeout(grace) => {
-                live.run().token.cancel();
+                live.run().stop.request();
                 self.timers.push(Timer {
                     at: now + grace,
                     key,
@@ -813,7 +807,7 @@ impl Core {
                     kind: Kind::Stop,
                 });
             }
-            Shutdown::Infinity => live.run().token.cancel(),
+            Shutdown::Infinity => live.run().stop.request(),
         }
         self.emit(key, || EventKind::Stopping);
     }
@@ -991,8 +985,8 @@ impl Core {
         self.advance_stop_queue();
     }
 
-    /// Stops every child of a pool at once, in one pass over the slots: one cancellation reaches
-    /// them all, and one timer per distinct grace period covers them.
+    /// Stops every child of a pool at once: every run is told to stop in one pass over the
+    /// slots, and one timer per distinct grace period covers them all.
     fn stop_pool(&mut self) {
         let now = Instant::now();
         let mut graces = Vec::new();
@@ -1028,12 +1022,16 @@ impl Core {
                 kind: Kind::Pool(grace),
             });
         }
-        // Before the cancellation, so that no run's exit is told for nothing. With someone to
+        // Before the runs are told to stop, so that no run's exit is told for nothing. With someone to
         // tell of each exit, or waiting for one, every exit stays a message.
         if !awaited && !self.observed && !tracing::enabled!(tracing::Level::DEBUG) {
             self.handle.pool_drain().go_silent();
         }
-        self.children_token.cancel();
+        for (_, slot) in &self.slots {
+            if let Some(live) = &slot.live {
+                live.run().stop.request();
+            }
+        }
     }
 
     fn abort_all(&mut self) {
@@ -1273,9 +1271,9 @@ impl Drop for Core {
         for (_, slot) in &self.slots {
             if let Some(live) = &slot.live {
                 live.run().abort();
+                live.run().stop.request();
             }
         }
-        self.children_token.cancel();
     }
 }
 

@@ -200,18 +200,26 @@ impl Run {
     }
 
     /// Waits for the tasks this run spawned, including any they spawn while being drained.
-    pub(crate) async fn drain_spawned(&self) {
+    pub(crate) fn poll_drain_spawned(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
         loop {
-            let Some(mut set) = lock(&self.spawned).set.take() else {
-                return;
-            };
-            while let Some(joined) = set.join_next().await {
-                if let Err(err) = joined
-                    && err.is_panic()
-                {
-                    let message = super::exit::panic_message(err.into_panic());
-                    tracing::error!(path = %self.slot.path(), "task spawned by child panicked: {message}");
+            let joined = {
+                let mut spawned = lock(&self.spawned);
+                let Some(set) = spawned.set.as_mut() else {
+                    return Poll::Ready(());
+                };
+                match std::task::ready!(set.poll_join_next(cx)) {
+                    Some(joined) => joined,
+                    None => {
+                        spawned.set = None;
+                        return Poll::Ready(());
+                    }
                 }
+            };
+            if let Err(err) = joined
+                && err.is_panic()
+            {
+                let message = super::exit::panic_message(err.into_panic());
+                tracing::error!(path = %self.slot.path(), "task spawned by child panicked: {message}");
             }
         }
     }

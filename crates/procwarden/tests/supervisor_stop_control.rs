@@ -2238,6 +2238,48 @@ async fn a_reload_sent_while_a_child_is_being_restarted_is_seen_by_the_next_run(
     within("run() to return", running).await.unwrap().unwrap();
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_reload_a_run_did_not_take_before_it_failed_is_seen_by_the_next_run() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let fail = Arc::new(Notify::new());
+    let child = {
+        let fail = Arc::clone(&fail);
+        second_run_reports_reload("worker", tx, move |_ctx| {
+            let fail = Arc::clone(&fail);
+            // Never looks for a reload; fails when told to.
+            Box::pin(async move {
+                fail.notified().await;
+                Err(io::Error::other("run 1 fails"))
+            })
+        })
+    }
+    .backoff(no_jitter(Duration::from_millis(10)));
+    let supervisor = Supervisor::builder("root").child(child).build().unwrap();
+    let handle = supervisor.handle();
+    let running = supervisor.spawn();
+    assert_eq!(within("run 1", rx.recv()).await.unwrap(), "run 1");
+
+    handle.reload().unwrap();
+    // Answered after the reload was handed to run 1.
+    handle.status().await.unwrap();
+    fail.notify_one();
+    assert_eq!(
+        within_for(Duration::from_secs(7200), "run 2", rx.recv())
+            .await
+            .unwrap(),
+        "run 2 saw the reload",
+        "a reload the failed run never took is kept for the next one"
+    );
+    assert_eq!(
+        within_for(Duration::from_secs(7200), "run 2", rx.recv())
+            .await
+            .unwrap(),
+        "run 2 saw nothing more"
+    );
+    handle.shutdown();
+    within("run() to return", running).await.unwrap().unwrap();
+}
+
 // ---- messages --------------------------------------------------------------------------------
 
 #[derive(Debug, PartialEq)]

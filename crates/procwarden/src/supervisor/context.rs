@@ -9,7 +9,7 @@ use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
 use smol_str::SmolStr;
-use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc};
+use tokio::sync::{Mutex as AsyncMutex, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -17,6 +17,7 @@ use tracing::Instrument;
 use super::SupervisorHandle;
 use super::core::Msg;
 use super::handle::Tree;
+use super::reload_signal::ReloadSignal;
 use super::spec::MessageType;
 use super::stop_signal::StopSignal;
 
@@ -30,8 +31,17 @@ pub struct Context {
 }
 
 /// One run (incarnation) of a child.
+///
+/// It holds what the child sees of itself, so that a child needs no other allocation than its
+/// run and its task; what must outlive a run is kept by the supervisor's slot, and handed to
+/// the next run (a pending reload), or shared with every run when the child has any (see
+/// [`Lasting`]).
 pub(crate) struct Run {
-    pub(crate) slot: Arc<SlotShared>,
+    name: SmolStr,
+    /// Made from the supervisor's path when first needed.
+    path: OnceLock<Box<str>>,
+    pub(crate) reload: ReloadSignal,
+    lasting: Option<Arc<Lasting>>,
     pub(crate) key: usize,
     pub(crate) generation: u64,
     pub(crate) stop: StopSignal,
@@ -59,16 +69,12 @@ struct Spawned {
     closed: bool,
 }
 
-/// What outlives one run of a child: its identity, reload requests and mailbox.
-pub(crate) struct SlotShared {
-    pub(crate) name: SmolStr,
-    /// The supervisor's path; the child's own is made from it when first needed.
-    parent: Arc<str>,
-    path: OnceLock<Arc<str>>,
-    pub(crate) reload: Notify,
-    pub(crate) mailbox: Option<Box<Mailbox>>,
-    /// The handle of the supervisor this child runs, when it is one and is running.
-    nested: Option<Box<Mutex<Option<SupervisorHandle>>>>,
+/// What a child keeps across its runs when it has any: a mailbox, or the handle of the
+/// supervisor it runs. Made only for a child that accepts messages or is a supervisor.
+pub(crate) struct Lasting {
+    pub(crate) mailbox: Option<Mailbox>,
+    /// The handle of the supervisor this child runs, while it runs.
+    nested: Option<Mutex<Option<SupervisorHandle>>>,
 }
 
 /// A child's queue of messages; it survives restarts.
@@ -94,39 +100,39 @@ impl Mailbox {
     }
 }
 
-impl SlotShared {
-    pub(crate) fn new(
-        name: SmolStr,
-        parent: Arc<str>,
-        accepts: Option<MessageType>,
-        is_supervisor: bool,
-    ) -> Self {
-        Self {
-            name,
-            parent,
-            path: OnceLock::new(),
-            reload: Notify::new(),
-            mailbox: accepts.map(|accepts| Box::new(Mailbox::new(accepts))),
-            nested: is_supervisor.then(|| Box::new(Mutex::new(None))),
-        }
+impl Lasting {
+    /// What a child with this spec keeps across its runs, if anything.
+    pub(crate) fn of(accepts: Option<MessageType>, is_supervisor: bool) -> Option<Arc<Self>> {
+        (accepts.is_some() || is_supervisor).then(|| {
+            Arc::new(Self {
+                mailbox: accepts.map(Mailbox::new),
+                nested: is_supervisor.then(|| Mutex::new(None)),
+            })
+        })
     }
 
-    /// The child's path from the root, such as `root/db/pool`.
-    pub(crate) fn path(&self) -> &Arc<str> {
-        self.path
-            .get_or_init(|| format!("{}/{}", self.parent, self.name).into())
+    /// The handle of the supervisor this child runs, if it is one and is running.
+    pub(crate) fn nested_handle(&self) -> Option<SupervisorHandle> {
+        self.nested.as_ref().and_then(|cell| lock(cell).clone())
     }
 }
 
 impl Run {
+    /// The next run of the child named `name`; `reload` carries a request its last run did not
+    /// take.
     pub(crate) fn new(
-        slot: Arc<SlotShared>,
+        name: SmolStr,
+        lasting: Option<Arc<Lasting>>,
+        reload: bool,
         key: usize,
         generation: u64,
         supervisor: Arc<SupervisorHandle>,
     ) -> Self {
         Self {
-            slot,
+            name,
+            path: OnceLock::new(),
+            reload: ReloadSignal::new(reload),
+            lasting,
             key,
             generation,
             stop: StopSignal::default(),
@@ -138,6 +144,17 @@ impl Run {
             in_poll: AtomicBool::new(false),
             ended: AtomicBool::new(false),
         }
+    }
+
+    /// The child's path from the root, such as `root/db/pool`.
+    pub(crate) fn path(&self) -> &str {
+        self.path
+            .get_or_init(|| format!("{}/{}", self.supervisor.path(), self.name).into())
+    }
+
+    /// The child's mailbox, if it accepts messages.
+    fn mailbox(&self) -> Option<&Mailbox> {
+        self.lasting.as_ref().and_then(|l| l.mailbox.as_ref())
     }
 
     /// Ends the run's task at its next poll, whatever it is waiting for.
@@ -219,7 +236,7 @@ impl Run {
                 && err.is_panic()
             {
                 let message = super::exit::panic_message(err.into_panic());
-                tracing::error!(path = %self.slot.path(), "task spawned by child panicked: {message}");
+                tracing::error!(path = %self.path(), "task spawned by child panicked: {message}");
             }
         }
     }
@@ -243,12 +260,12 @@ impl Context {
 
     /// The child's name within its supervisor.
     pub fn name(&self) -> &str {
-        &self.inner.slot.name
+        &self.inner.name
     }
 
     /// The child's path from the root of the tree, such as `root/db/pool`.
     pub fn path(&self) -> &str {
-        self.inner.slot.path()
+        self.inner.path()
     }
 
     /// Tells the supervisor that the child can serve. Only the first call counts.
@@ -285,7 +302,7 @@ impl Context {
     /// Requests coalesce: several reloads before the child looks count as one, but none is lost,
     /// even one requested while the child was restarting. Only one waiter per child is woken.
     pub async fn reload_requested(&self) {
-        self.inner.slot.reload.notified().await;
+        self.inner.reload.requested().await;
     }
 
     /// Receives the next message sent to this child with
@@ -300,7 +317,7 @@ impl Context {
     /// child's failure.
     pub async fn recv<M: Send + 'static>(&self) -> Option<M> {
         let expected = super::spec::MessageType::of::<M>();
-        let mailbox = match &self.inner.slot.mailbox {
+        let mailbox = match self.inner.mailbox() {
             Some(mailbox) if mailbox.accepts == expected => mailbox,
             Some(mailbox) => panic!(
                 "child {} accepts messages of type {}, not {}",
@@ -331,10 +348,10 @@ impl Context {
     {
         let mut spawned = lock(&self.inner.spawned);
         if spawned.closed {
-            tracing::debug!(path = %self.inner.slot.path(), "task spawned after its run ended: dropped");
+            tracing::debug!(path = %self.inner.path(), "task spawned after its run ended: dropped");
             return;
         }
-        let span = tracing::debug_span!("task", path = %self.inner.slot.path());
+        let span = tracing::debug_span!("task", path = %self.inner.path());
         let set = spawned.set.get_or_insert_with(JoinSet::new);
         // Reap what has already finished, so a long-lived child's set does not grow.
         while set.try_join_next().is_some() {}
@@ -351,7 +368,7 @@ impl Context {
     }
 
     pub(crate) fn set_nested(&self, handle: Option<SupervisorHandle>) {
-        if let Some(cell) = &self.inner.slot.nested {
+        if let Some(cell) = self.inner.lasting.as_ref().and_then(|l| l.nested.as_ref()) {
             *lock(cell) = handle;
         }
     }
@@ -364,9 +381,4 @@ impl std::fmt::Debug for Context {
             .field("generation", &self.inner.generation)
             .finish_non_exhaustive()
     }
-}
-
-/// Reads a nested supervisor's current handle out of a slot.
-pub(crate) fn nested_handle(slot: &SlotShared) -> Option<SupervisorHandle> {
-    slot.nested.as_ref().and_then(|cell| lock(cell).clone())
 }

@@ -48,7 +48,7 @@ where
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Into<BoxError> + 'static,
 {
-    let span = tracing::info_span!("child", path = %ctx.run().slot.path());
+    let span = tracing::info_span!("child", path = %ctx.path());
     // The guard is made here, outside the task's first poll, so that it ends the run even if the
     // task is dropped before then.
     let task = RunTask {

@@ -40,6 +40,7 @@ mod intensity;
 mod launch;
 mod name;
 mod pool_drain;
+mod reload_signal;
 mod restart;
 mod shutdown_request;
 mod signals;

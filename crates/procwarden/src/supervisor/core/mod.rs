@@ -22,7 +22,7 @@ use tracing::Instrument;
 
 use self::slot::{After, Reply, Slot, State};
 use self::timer::{Kind, Timer, Timers};
-use super::context::{Run, SlotShared, nested_handle};
+use super::context::{Lasting, Run};
 use super::intensity::RestartLog;
 use super::spec::MessageType;
 use super::supervisor::Definition;
@@ -194,10 +194,16 @@ impl Core {
         self.outcome.is_some()
     }
 
+    /// The path of the child at `key`, such as `root/db/pool`; made anew each time, for events,
+    /// errors and logs.
+    fn child_path(&self, key: usize) -> Arc<str> {
+        self.slots[key].path(self.handle.path(), &self.definition)
+    }
+
     /// Streams an event about the child at `key`, if anyone listens; its path is only made then.
     fn emit(&self, key: usize, kind: impl FnOnce() -> EventKind) {
         if self.observed {
-            self.handle.tree().emit(self.slots[key].shared.path(), kind);
+            self.handle.tree().emit(&self.child_path(key), kind);
         }
     }
 
@@ -415,19 +421,13 @@ impl Core {
     /// definition's children, at its position (the builder checked the names, and the
     /// definition's index finds it).
     fn insert_slot(&mut self, added: Option<Box<ChildSpec>>) -> usize {
-        let parent = Arc::clone(self.handle.shared_path());
         let entry = self.slots.vacant_entry();
         let key = entry.key();
         let seq = self.next_seq;
         self.next_seq += 1;
         let spec = slot::spec_of(seq, added.as_deref(), &self.definition);
-        let shared = Arc::new(SlotShared::new(
-            spec.name.clone(),
-            parent,
-            spec.messages,
-            spec.is_supervisor,
-        ));
-        entry.insert(Slot::new(seq, added, shared));
+        let lasting = Lasting::of(spec.messages, spec.is_supervisor);
+        entry.insert(Slot::new(seq, added, lasting));
         self.active += 1;
         key
     }
@@ -505,7 +505,9 @@ impl Core {
         slot.generation = generation;
         slot.since = Some(now);
         Context::new(Run::new(
-            Arc::clone(&slot.shared),
+            slot.spec(&self.definition).name.clone(),
+            slot.lasting.clone(),
+            mem::take(&mut slot.reload),
             key,
             generation,
             Arc::clone(&self.handle),
@@ -578,7 +580,10 @@ impl Core {
 
     fn child_exited(&mut self, key: usize, reason: ExitReason) {
         let slot = &mut self.slots[key];
-        slot.live = None;
+        // A reload request the run did not take is its next run's.
+        if let Some(run) = slot.live.take() {
+            slot.reload |= run.run().reload.is_pending();
+        }
         let order = slot.order(key);
         self.live_order.remove(&order);
         let state = mem::replace(&mut slot.state, State::Waiting);
@@ -589,7 +594,7 @@ impl Core {
         slot.last_exit = Some(reason.clone());
         self.live -= 1;
         self.unready.remove(&order);
-        tracing::debug!(path = %self.slots[key].shared.path(), "exited: {reason}");
+        tracing::debug!(path = %self.child_path(key), "exited: {reason}");
         self.emit(key, || EventKind::Exited(reason.clone()));
         let queued_stop = self.stopping_now == Some(key);
         if queued_stop {
@@ -637,7 +642,7 @@ impl Core {
                 path: self.handle.path().to_owned(),
                 max_restarts: self.definition.intensity.max_restarts(),
                 period: self.definition.intensity.period(),
-                child: slot.shared.path().to_string(),
+                child: slot.path(self.handle.path(), &self.definition).to_string(),
                 reason,
             };
             self.emit_own(|| EventKind::IntensityExceeded);
@@ -838,16 +843,18 @@ impl Core {
         if !matches!(slot.state, State::Stopped) {
             self.active -= 1;
         }
-        if let Some(mailbox) = &slot.shared.mailbox {
+        if let Some(mailbox) = slot.mailbox() {
             let unread = mailbox.unread();
             if unread > 0 {
-                tracing::warn!(path = %slot.shared.path(), unread, "child removed with unread messages");
+                tracing::warn!(path = %slot.path(self.handle.path(), &self.definition), unread, "child removed with unread messages");
             }
         }
         if self.observed {
             self.handle
                 .tree()
-                .emit(slot.shared.path(), || EventKind::Removed);
+                .emit(&slot.path(self.handle.path(), &self.definition), || {
+                    EventKind::Removed
+                });
         }
     }
 
@@ -871,7 +878,7 @@ impl Core {
                         .start_timeout
                         .unwrap_or_default();
                     let why = ExitReason::failed(format!("not ready within {timeout:?}"));
-                    tracing::warn!(path = %slot.shared.path(), "not ready within {timeout:?}");
+                    tracing::warn!(path = %slot.path(self.handle.path(), &self.definition), "not ready within {timeout:?}");
                     self.begin_stop(timer.key, After::Fail(why));
                 }
                 (Kind::Stop, State::Stopping(_)) => self.abort(timer.key),
@@ -890,7 +897,7 @@ impl Core {
     fn abort(&mut self, key: usize) {
         let slot = &self.slots[key];
         if let Some(live) = &slot.live {
-            tracing::warn!(path = %slot.shared.path(), "still running after its grace period: aborting");
+            tracing::warn!(path = %slot.path(self.handle.path(), &self.definition), "still running after its grace period: aborting");
             live.run().abort();
             self.exits
                 .push_back((key, slot.generation, ExitReason::Aborted));
@@ -1086,13 +1093,13 @@ impl Core {
             State::Starting | State::Running => self.begin_stop(key, After::Remove(reply)),
             State::Stopping(After::Remove(_)) => {
                 let _ = reply.send(Err(SupervisorError::NoSuchChild {
-                    path: slot.shared.path().to_string(),
+                    path: slot.path(self.handle.path(), &self.definition).to_string(),
                 }));
             }
             State::Stopping(after) => {
                 if let After::Restart(earlier) = mem::replace(after, After::Remove(reply)) {
                     let _ = earlier.send(Err(SupervisorError::NoSuchChild {
-                        path: slot.shared.path().to_string(),
+                        path: slot.path(self.handle.path(), &self.definition).to_string(),
                     }));
                 }
             }
@@ -1121,7 +1128,7 @@ impl Core {
             State::Starting | State::Running => self.begin_stop(key, After::Restart(reply)),
             State::Stopping(After::Remove(_)) => {
                 let _ = reply.send(Err(SupervisorError::NoSuchChild {
-                    path: slot.shared.path().to_string(),
+                    path: slot.path(self.handle.path(), &self.definition).to_string(),
                 }));
             }
             // Already on its way down and back up, or queued to start.
@@ -1152,7 +1159,7 @@ impl Core {
     /// keeps the request for its next run.
     fn reload(&mut self) {
         let shutting_down = self.shutting_down();
-        for (_, slot) in &self.slots {
+        for (_, slot) in &mut self.slots {
             let will_see_it = match slot.state {
                 State::Starting | State::Running | State::Backoff(_) => true,
                 State::Waiting => slot.since.is_some(),
@@ -1161,8 +1168,9 @@ impl Core {
                 State::Stopping(After::Nothing) => !shutting_down,
                 State::Stopping(_) | State::Stopped => false,
             };
-            if will_see_it {
-                slot.shared.reload.notify_one();
+            match &slot.live {
+                Some(live) if will_see_it && slot.is_up() => live.run().reload.request(),
+                _ => slot.reload |= will_see_it,
             }
         }
     }
@@ -1174,13 +1182,13 @@ impl Core {
         kind: MessageType,
     ) -> Result<(), SupervisorError> {
         let slot = &self.slots[self.key_of(name)?];
-        let path = || slot.shared.path().to_string();
-        let mailbox = match &slot.shared.mailbox {
+        let path = || slot.path(self.handle.path(), &self.definition).to_string();
+        let mailbox = match slot.mailbox() {
             Some(mailbox) if mailbox.accepts == kind => mailbox,
             other => {
                 return Err(SupervisorError::WrongMessageType {
                     path: path(),
-                    expected: other.as_ref().map_or("none", |m| m.accepts.name),
+                    expected: other.map_or("none", |m| m.accepts.name),
                     got: kind.name,
                 });
             }
@@ -1202,12 +1210,13 @@ impl Core {
         let slot = &self.slots[self.key_of(name)?];
         if !slot.spec(&self.definition).is_supervisor {
             return Err(SupervisorError::NotASupervisor {
-                path: slot.shared.path().to_string(),
+                path: slot.path(self.handle.path(), &self.definition).to_string(),
             });
         }
-        nested_handle(&slot.shared).ok_or_else(|| SupervisorError::NotRunning {
-            path: slot.shared.path().to_string(),
-        })
+        slot.nested_handle()
+            .ok_or_else(|| SupervisorError::NotRunning {
+                path: slot.path(self.handle.path(), &self.definition).to_string(),
+            })
     }
 
     fn status(&self) -> StatusReport {
@@ -1220,9 +1229,13 @@ impl Core {
                     .live
                     .as_ref()
                     .filter(|_| slot.spec(&self.definition).is_supervisor)
-                    .and_then(|_| nested_handle(&slot.shared));
+                    .and_then(|_| slot.nested_handle());
                 let report = SlotReport {
-                    status: slot.status(now),
+                    status: slot.status(
+                        now,
+                        &self.definition,
+                        slot.path(self.handle.path(), &self.definition),
+                    ),
                     nested,
                 };
                 (slot.seq, report)

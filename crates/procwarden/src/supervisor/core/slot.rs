@@ -5,9 +5,11 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::super::context::SlotShared;
+use super::super::context::{Lasting, Mailbox};
 use super::super::supervisor::Definition;
-use super::super::{ChildSpec, ChildState, ChildStatus, Context, ExitReason, SupervisorError};
+use super::super::{
+    ChildSpec, ChildState, ChildStatus, Context, ExitReason, SupervisorError, SupervisorHandle,
+};
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, SupervisorError>>;
 
@@ -18,7 +20,11 @@ pub(super) struct Slot {
     /// The spec of a child added at run time; the definition's children have theirs at their
     /// position there, which is their sequence number (see [`Slot::spec`]).
     added: Option<Box<ChildSpec>>,
-    pub(super) shared: Arc<SlotShared>,
+    /// What the child keeps across its runs, when it has any.
+    pub(super) lasting: Option<Arc<Lasting>>,
+    /// A reload request for the child's next run: made while no run was up, or not taken by
+    /// the last one.
+    pub(super) reload: bool,
     pub(super) state: State,
     /// Identifies the current run, or the current backoff; messages and timers that carry an
     /// older one are stale.
@@ -64,11 +70,16 @@ pub(super) enum After {
 }
 
 impl Slot {
-    pub(super) fn new(seq: u64, added: Option<Box<ChildSpec>>, shared: Arc<SlotShared>) -> Self {
+    pub(super) fn new(
+        seq: u64,
+        added: Option<Box<ChildSpec>>,
+        lasting: Option<Arc<Lasting>>,
+    ) -> Self {
         Self {
             seq,
             added,
-            shared,
+            lasting,
+            reload: false,
             state: State::Waiting,
             generation: 0,
             live: None,
@@ -84,6 +95,21 @@ impl Slot {
         spec_of(self.seq, self.added.as_deref(), definition)
     }
 
+    /// The child's path under the supervisor at `parent`; made anew each time, for events, errors
+    /// and logs.
+    pub(super) fn path(&self, parent: &str, definition: &Definition) -> Arc<str> {
+        format!("{parent}/{}", self.spec(definition).name).into()
+    }
+
+    pub(super) fn mailbox(&self) -> Option<&Mailbox> {
+        self.lasting.as_ref().and_then(|l| l.mailbox.as_ref())
+    }
+
+    /// The handle of the supervisor this child runs, if it is one and is running.
+    pub(super) fn nested_handle(&self) -> Option<SupervisorHandle> {
+        self.lasting.as_ref().and_then(|l| l.nested_handle())
+    }
+
     pub(super) fn order(&self, key: usize) -> (u64, usize) {
         (self.seq, key)
     }
@@ -92,7 +118,13 @@ impl Slot {
         matches!(self.state, State::Starting | State::Running)
     }
 
-    pub(super) fn status(&self, now: Instant) -> ChildStatus {
+    /// The child's status; `path` is its path from the root.
+    pub(super) fn status(
+        &self,
+        now: Instant,
+        definition: &Definition,
+        path: Arc<str>,
+    ) -> ChildStatus {
         let state = match self.state {
             State::Waiting => ChildState::Waiting,
             State::Starting => ChildState::Starting,
@@ -109,8 +141,8 @@ impl Slot {
             State::Stopped => ChildState::Stopped,
         };
         ChildStatus {
-            name: Arc::from(&*self.shared.name),
-            path: Arc::clone(self.shared.path()),
+            name: Arc::from(&*self.spec(definition).name),
+            path,
             state,
             restarts: self.restarts,
             uptime: self

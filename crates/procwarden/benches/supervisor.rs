@@ -687,7 +687,7 @@ fn print_pool(bench: &str, imp: &str, rep: usize, pool: &Pool) {
         "live heap after all tasks run minus before the first spawn: tasks, child tokens"
     } else {
         "live heap after all children run minus after the specs (and for build, the supervisor) \
-         were made: the supervisor task and state, per-child slots, contexts, tokens, child tasks; \
+         were made: the supervisor task and state, per-child slots, runs (contexts), child tasks; \
          not the specs' own name and closure allocations"
     };
     line += "\"}";

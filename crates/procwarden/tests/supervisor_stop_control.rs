@@ -2159,6 +2159,13 @@ fn second_run_reports_reload(
     })
 }
 
+/// What the second run of a [`second_run_reports_reload`] child reports next.
+async fn run_2_report(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
+    within_for(Duration::from_secs(7200), "run 2", rx.recv())
+        .await
+        .unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_reload_sent_during_backoff_is_seen_by_the_next_run() {
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -2182,18 +2189,8 @@ async fn a_reload_sent_during_backoff_is_seen_by_the_next_run() {
     ));
 
     handle.reload().unwrap();
-    assert_eq!(
-        within_for(Duration::from_secs(7200), "run 2", rx.recv())
-            .await
-            .unwrap(),
-        "run 2 saw the reload"
-    );
-    assert_eq!(
-        within_for(Duration::from_secs(7200), "run 2", rx.recv())
-            .await
-            .unwrap(),
-        "run 2 saw nothing more"
-    );
+    assert_eq!(run_2_report(&mut rx).await, "run 2 saw the reload");
+    assert_eq!(run_2_report(&mut rx).await, "run 2 saw nothing more");
     handle.shutdown();
     within("run() to return", running).await.unwrap().unwrap();
 }
@@ -2228,9 +2225,7 @@ async fn a_reload_sent_while_a_child_is_being_restarted_is_seen_by_the_next_run(
     handle.reload().unwrap();
     within("the restart", restart).await.unwrap().unwrap();
     assert_eq!(
-        within_for(Duration::from_secs(7200), "run 2", rx.recv())
-            .await
-            .unwrap(),
+        run_2_report(&mut rx).await,
         "run 2 saw the reload",
         "a reload sent while the child restarts is kept for its next run"
     );
@@ -2264,18 +2259,11 @@ async fn a_reload_a_run_did_not_take_before_it_failed_is_seen_by_the_next_run() 
     handle.status().await.unwrap();
     fail.notify_one();
     assert_eq!(
-        within_for(Duration::from_secs(7200), "run 2", rx.recv())
-            .await
-            .unwrap(),
+        run_2_report(&mut rx).await,
         "run 2 saw the reload",
         "a reload the failed run never took is kept for the next one"
     );
-    assert_eq!(
-        within_for(Duration::from_secs(7200), "run 2", rx.recv())
-            .await
-            .unwrap(),
-        "run 2 saw nothing more"
-    );
+    assert_eq!(run_2_report(&mut rx).await, "run 2 saw nothing more");
     handle.shutdown();
     within("run() to return", running).await.unwrap().unwrap();
 }

@@ -197,7 +197,9 @@ impl Core {
     /// The path of the child at `key`, such as `root/db/pool`; made anew each time, for events,
     /// errors and logs.
     fn child_path(&self, key: usize) -> Arc<str> {
-        self.slots[key].path(self.handle.path(), &self.definition)
+        self.slots[key]
+            .path(self.handle.path(), &self.definition)
+            .into()
     }
 
     /// Streams an event about the child at `key`, if anyone listens; its path is only made then.
@@ -642,7 +644,7 @@ impl Core {
                 path: self.handle.path().to_owned(),
                 max_restarts: self.definition.intensity.max_restarts(),
                 period: self.definition.intensity.period(),
-                child: slot.path(self.handle.path(), &self.definition).to_string(),
+                child: slot.path(self.handle.path(), &self.definition),
                 reason,
             };
             self.emit_own(|| EventKind::IntensityExceeded);
@@ -846,15 +848,15 @@ impl Core {
         if let Some(mailbox) = slot.mailbox() {
             let unread = mailbox.unread();
             if unread > 0 {
-                tracing::warn!(path = %slot.path(self.handle.path(), &self.definition), unread, "child removed with unread messages");
+                let path = slot.path(self.handle.path(), &self.definition);
+                tracing::warn!(path, unread, "child removed with unread messages");
             }
         }
         if self.observed {
-            self.handle
-                .tree()
-                .emit(&slot.path(self.handle.path(), &self.definition), || {
-                    EventKind::Removed
-                });
+            self.handle.tree().emit(
+                &slot.path(self.handle.path(), &self.definition).into(),
+                || EventKind::Removed,
+            );
         }
     }
 
@@ -878,7 +880,8 @@ impl Core {
                         .start_timeout
                         .unwrap_or_default();
                     let why = ExitReason::failed(format!("not ready within {timeout:?}"));
-                    tracing::warn!(path = %slot.path(self.handle.path(), &self.definition), "not ready within {timeout:?}");
+                    let path = slot.path(self.handle.path(), &self.definition);
+                    tracing::warn!(path, "not ready within {timeout:?}");
                     self.begin_stop(timer.key, After::Fail(why));
                 }
                 (Kind::Stop, State::Stopping(_)) => self.abort(timer.key),
@@ -897,7 +900,8 @@ impl Core {
     fn abort(&mut self, key: usize) {
         let slot = &self.slots[key];
         if let Some(live) = &slot.live {
-            tracing::warn!(path = %slot.path(self.handle.path(), &self.definition), "still running after its grace period: aborting");
+            let path = slot.path(self.handle.path(), &self.definition);
+            tracing::warn!(path, "still running after its grace period: aborting");
             live.run().abort();
             self.exits
                 .push_back((key, slot.generation, ExitReason::Aborted));
@@ -1029,8 +1033,8 @@ impl Core {
                 kind: Kind::Pool(grace),
             });
         }
-        // Before the runs are told to stop, so that no run's exit is told for nothing. With someone to
-        // tell of each exit, or waiting for one, every exit stays a message.
+        // Before the runs are told to stop, so that no run's exit is told for nothing. With
+        // someone to tell of each exit, or waiting for one, every exit stays a message.
         if !awaited && !self.observed && !tracing::enabled!(tracing::Level::DEBUG) {
             self.handle.pool_drain().go_silent();
         }
@@ -1093,13 +1097,13 @@ impl Core {
             State::Starting | State::Running => self.begin_stop(key, After::Remove(reply)),
             State::Stopping(After::Remove(_)) => {
                 let _ = reply.send(Err(SupervisorError::NoSuchChild {
-                    path: slot.path(self.handle.path(), &self.definition).to_string(),
+                    path: slot.path(self.handle.path(), &self.definition),
                 }));
             }
             State::Stopping(after) => {
                 if let After::Restart(earlier) = mem::replace(after, After::Remove(reply)) {
                     let _ = earlier.send(Err(SupervisorError::NoSuchChild {
-                        path: slot.path(self.handle.path(), &self.definition).to_string(),
+                        path: slot.path(self.handle.path(), &self.definition),
                     }));
                 }
             }
@@ -1128,7 +1132,7 @@ impl Core {
             State::Starting | State::Running => self.begin_stop(key, After::Restart(reply)),
             State::Stopping(After::Remove(_)) => {
                 let _ = reply.send(Err(SupervisorError::NoSuchChild {
-                    path: slot.path(self.handle.path(), &self.definition).to_string(),
+                    path: slot.path(self.handle.path(), &self.definition),
                 }));
             }
             // Already on its way down and back up, or queued to start.
@@ -1182,7 +1186,7 @@ impl Core {
         kind: MessageType,
     ) -> Result<(), SupervisorError> {
         let slot = &self.slots[self.key_of(name)?];
-        let path = || slot.path(self.handle.path(), &self.definition).to_string();
+        let path = || slot.path(self.handle.path(), &self.definition);
         let mailbox = match slot.mailbox() {
             Some(mailbox) if mailbox.accepts == kind => mailbox,
             other => {
@@ -1210,12 +1214,12 @@ impl Core {
         let slot = &self.slots[self.key_of(name)?];
         if !slot.spec(&self.definition).is_supervisor {
             return Err(SupervisorError::NotASupervisor {
-                path: slot.path(self.handle.path(), &self.definition).to_string(),
+                path: slot.path(self.handle.path(), &self.definition),
             });
         }
         slot.nested_handle()
             .ok_or_else(|| SupervisorError::NotRunning {
-                path: slot.path(self.handle.path(), &self.definition).to_string(),
+                path: slot.path(self.handle.path(), &self.definition),
             })
     }
 
@@ -1231,11 +1235,7 @@ impl Core {
                     .filter(|_| slot.spec(&self.definition).is_supervisor)
                     .and_then(|_| slot.nested_handle());
                 let report = SlotReport {
-                    status: slot.status(
-                        now,
-                        &self.definition,
-                        slot.path(self.handle.path(), &self.definition),
-                    ),
+                    status: slot.status(now, &self.definition, self.handle.path()),
                     nested,
                 };
                 (slot.seq, report)

@@ -97,8 +97,8 @@ impl Slot {
 
     /// The child's path under the supervisor at `parent`; made anew each time, for events, errors
     /// and logs.
-    pub(super) fn path(&self, parent: &str, definition: &Definition) -> Arc<str> {
-        format!("{parent}/{}", self.spec(definition).name).into()
+    pub(super) fn path(&self, parent: &str, definition: &Definition) -> String {
+        format!("{parent}/{}", self.spec(definition).name)
     }
 
     pub(super) fn mailbox(&self) -> Option<&Mailbox> {
@@ -118,12 +118,12 @@ impl Slot {
         matches!(self.state, State::Starting | State::Running)
     }
 
-    /// The child's status; `path` is its path from the root.
+    /// The child's status, under the supervisor at `parent`.
     pub(super) fn status(
         &self,
         now: Instant,
         definition: &Definition,
-        path: Arc<str>,
+        parent: &str,
     ) -> ChildStatus {
         let state = match self.state {
             State::Waiting => ChildState::Waiting,
@@ -142,7 +142,7 @@ impl Slot {
         };
         ChildStatus {
             name: Arc::from(&*self.spec(definition).name),
-            path,
+            path: self.path(parent, definition).into(),
             state,
             restarts: self.restarts,
             uptime: self

@@ -457,6 +457,7 @@ async fn joined(
 struct OneStop {
     floor: Vec<Duration>,
     procwarden: Vec<Duration>,
+    in_place: Vec<Duration>,
 }
 
 fn one_stop(cfg: &Config) -> OneStop {
@@ -465,13 +466,16 @@ fn one_stop(cfg: &Config) -> OneStop {
         let mut out = OneStop {
             floor: Vec::with_capacity(iters),
             procwarden: Vec::with_capacity(iters),
+            in_place: Vec::with_capacity(iters),
         };
         for i in 0..warmup + iters {
             let floor = floor_one_stop().await;
             let procwarden = procwarden_one_stop().await;
+            let in_place = procwarden_one_stop_in_place().await;
             if i >= warmup {
                 out.floor.push(floor);
                 out.procwarden.push(procwarden);
+                out.in_place.push(in_place);
             }
         }
         out
@@ -514,6 +518,40 @@ async fn procwarden_one_stop() -> Duration {
     let t = Instant::now();
     handle.shutdown();
     joined("procwarden one child", running).await;
+    t.elapsed()
+}
+
+/// `handle.shutdown()` to `run()` returned, with `run()` awaited in place by the caller's own
+/// task, as the floor's caller awaits its task.
+async fn procwarden_one_stop_in_place() -> Duration {
+    let supervisor = Supervisor::builder("one")
+        .child(ChildSpec::new("child", |ctx: Context| async move {
+            ENTERED.notify_one();
+            ctx.shutdown_requested().await;
+            Ok::<(), Infallible>(())
+        }))
+        .build()
+        .unwrap_or_else(|err| fail(&format!("build: {err}")));
+    let handle = supervisor.handle();
+    let run = supervisor.run();
+    tokio::pin!(run);
+    let early = || fail("procwarden: the supervisor returned before it was asked to");
+    tokio::select! {
+        biased;
+        _ = &mut run => early(),
+        () = bounded("procwarden: child entered", ENTERED.notified()) => {}
+    }
+    tokio::select! {
+        biased;
+        _ = &mut run => early(),
+        () = settle() => {}
+    }
+    let t = Instant::now();
+    handle.shutdown();
+    match bounded("procwarden one child, in place", run).await {
+        Ok(()) => {}
+        Err(err) => fail(&format!("one child, in place: supervisor returned {err}")),
+    }
     t.elapsed()
 }
 
@@ -851,6 +889,8 @@ fn main() {
     print_latency("one_child_stop", "floor", &floor_stop, cfg.iters);
     let pw_stop = Latency::of(stops.procwarden);
     print_latency("one_child_stop", "procwarden", &pw_stop, cfg.iters);
+    let in_place_stop = Latency::of(stops.in_place);
+    print_latency("one_child_stop_in_place", "procwarden", &in_place_stop, cfg.iters);
 
     // 3. Failure to restart.
     let floor_restart = Latency::of(floor_restart(&cfg));

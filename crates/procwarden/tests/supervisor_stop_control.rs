@@ -2380,6 +2380,38 @@ async fn a_message_sent_while_the_child_restarts_is_received_by_its_next_run() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_flood_of_messages_queued_at_once_is_delivered_in_full() {
+    // More than the supervisor handles per wake, all queued before it runs again.
+    const SENT: u32 = 1_000;
+    let started = Counter::new();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let supervisor = Supervisor::builder("root")
+        .child(mailbox("inbox", &started, &tx))
+        .build()
+        .unwrap();
+    let handle = supervisor.handle();
+    let running = supervisor.spawn();
+    started.reach("the child to start", 1).await;
+
+    let mut senders = tokio::task::JoinSet::new();
+    for n in 0..SENT {
+        let handle = handle.clone();
+        senders.spawn(async move { handle.send("inbox", Query(n)).await });
+    }
+    while let Some(sent) = senders.join_next().await {
+        sent.unwrap().expect("every message accepted");
+    }
+    let mut received = Vec::new();
+    for _ in 0..SENT {
+        received.push(within("a message", rx.recv()).await.unwrap().1);
+    }
+    received.sort_unstable();
+    assert_eq!(received, (0..SENT).collect::<Vec<_>>());
+    handle.shutdown();
+    within("run() to return", running).await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn send_errors_name_the_path() {
     let started = Counter::new();
     let (tx, _rx) = mpsc::unbounded_channel();

@@ -59,6 +59,8 @@ pub(crate) struct Run {
     in_poll: AtomicBool,
     /// Whether the run's task has ended.
     ended: AtomicBool,
+    /// Whether the run's exit is on its way to the supervisor, as a message.
+    reported: AtomicBool,
 }
 
 /// The tasks a run spawned, until the run is over.
@@ -143,6 +145,7 @@ impl Run {
             task_waker: AtomicWaker::new(),
             in_poll: AtomicBool::new(false),
             ended: AtomicBool::new(false),
+            reported: AtomicBool::new(false),
         }
     }
 
@@ -188,6 +191,17 @@ impl Run {
     /// Whether the run's task is over.
     pub(crate) fn has_ended(&self) -> bool {
         self.ended.load(Ordering::Acquire)
+    }
+
+    /// Records that the run's exit is being sent to the supervisor; set just before the message.
+    pub(crate) fn set_reported(&self) {
+        self.reported.store(true, Ordering::Release);
+    }
+
+    /// Whether the run's exit message was sent (or is being sent), so that the supervisor will
+    /// hear of the exit without further ado.
+    pub(crate) fn is_reported(&self) -> bool {
+        self.reported.load(Ordering::Acquire)
     }
 
     /// Whether the run was aborted; if not, `cx` is woken when it is.

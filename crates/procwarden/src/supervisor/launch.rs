@@ -183,6 +183,7 @@ fn report(ctx: &Context, reason: ExitReason) {
         return;
     }
     let state = ctx.run();
+    state.set_reported();
     ctx.supervisor().notify(Msg::Exited {
         key: state.key,
         generation: state.generation,

@@ -89,9 +89,14 @@ pub(crate) struct SlotReport {
     pub(crate) nested: Option<SupervisorHandle>,
 }
 
+/// At most this many messages are handled per wake, so that exits and the end of a shutdown
+/// are seen between them even under a flood.
+const MAX_BATCH: usize = 256;
+
 /// What woke the event loop.
 enum Wake {
-    Messages,
+    /// A message, and maybe more queued behind it.
+    Messages(Option<Msg>),
     Timer,
     /// A silent pool's last task ended.
     Drained,
@@ -223,6 +228,11 @@ impl Core {
             self.observed = self.handle.tree().events.receiver_count() > 0;
             let first = self.definition.children.len();
             self.slots.reserve(first);
+            // Made now rather than when the shutdown needs them, which is when time counts.
+            self.exits.reserve(1);
+            if !self.definition.dynamic {
+                self.stop_queue.reserve(first);
+            }
             // All slots first, then all spawns back to back: a burst keeps the runtime's other
             // workers busy stealing instead of parking and being woken for each task.
             let keys: Vec<usize> = (0..first).map(|_| self.insert_slot(None)).collect();
@@ -247,8 +257,6 @@ impl Core {
 
     async fn event_loop(&mut self) -> Result<(), SupervisorError> {
         let parent = self.parent.clone();
-        // Grown by the batches themselves: most are of one or two messages.
-        let mut batch = Vec::new();
         let sleep = tokio::time::sleep_until(Instant::now());
         tokio::pin!(sleep);
         let mut armed = None;
@@ -272,20 +280,13 @@ impl Core {
                     // deadline wakes the timer driver, so first let it run and read its answer:
                     // woken by the answer itself, or once this worker has nothing else to run.
                     looked = true;
-                    tokio::select! {
+                    let first = tokio::select! {
                         biased;
-                        _ = self.receiver.recv_many(&mut batch, 256) => {}
-                        () = tokio::task::yield_now() => {}
-                    }
+                        msg = self.receiver.recv() => msg,
+                        () = tokio::task::yield_now() => None,
+                    };
                     self.observed = self.handle.tree().events.receiver_count() > 0;
-                    self.take_shutdown_request();
-                    for msg in batch.drain(..) {
-                        self.handle_msg(msg);
-                    }
-                    while let Ok(msg) = self.receiver.try_recv() {
-                        self.take_shutdown_request();
-                        self.handle_msg(msg);
-                    }
+                    self.handle_queued(first);
                     continue;
                 }
                 if let Some(at) = next {
@@ -299,7 +300,7 @@ impl Core {
             let silent = drain.is_silent();
             let wake = tokio::select! {
                 biased;
-                _ = self.receiver.recv_many(&mut batch, 256) => Wake::Messages,
+                msg = self.receiver.recv() => Wake::Messages(msg),
                 () = std::future::poll_fn(|cx| drain.poll_drained(cx)), if silent => Wake::Drained,
                 () = &mut sleep, if armed.is_some() => Wake::Timer,
                 () = async { parent.as_ref().unwrap().shutdown_requested().await },
@@ -311,14 +312,7 @@ impl Core {
             // everything it causes.
             self.observed = self.handle.tree().events.receiver_count() > 0;
             match wake {
-                Wake::Messages => {
-                    // Before the messages: an exit among them may be the answer to a request
-                    // that a handle gave the child directly.
-                    self.take_shutdown_request();
-                    for msg in batch.drain(..) {
-                        self.handle_msg(msg);
-                    }
-                }
+                Wake::Messages(first) => self.handle_queued(first),
                 Wake::Timer => {
                     armed = None;
                     self.fire_timers();
@@ -328,6 +322,21 @@ impl Core {
                 Wake::ParentStop => self.begin_shutdown(Ok(())),
                 Wake::ParentReload => self.reload(),
             }
+        }
+    }
+
+    /// Handles `first`, then the messages already queued behind it, up to [`MAX_BATCH`]. Read
+    /// one at a time rather than into a buffer: a supervisor's wake is most often one message.
+    fn handle_queued(&mut self, first: Option<Msg>) {
+        let mut first = first;
+        for _ in 0..MAX_BATCH {
+            let Some(msg) = first.take().or_else(|| self.receiver.try_recv().ok()) else {
+                return;
+            };
+            // Before each message: an exit may be the answer to a request that a handle gave
+            // the child directly, and belongs to that shutdown.
+            self.take_shutdown_request();
+            self.handle_msg(msg);
         }
     }
 
@@ -795,7 +804,6 @@ impl Core {
 
     /// Asks a running child to stop, by its shutdown policy.
     fn begin_stop(&mut self, key: usize, after: After) {
-        let now = Instant::now();
         let slot = &mut self.slots[key];
         let Some(live) = &slot.live else { return };
         slot.state = State::Stopping(after);
@@ -807,12 +815,16 @@ impl Core {
             }
             Shutdown::Timeout(grace) => {
                 live.run().stop.request();
-                self.timers.push(Timer {
-                    at: now + grace,
-                    key,
-                    generation: slot.generation,
-                    kind: Kind::Stop,
-                });
+                // A run whose exit is already on its way has no grace period left to watch:
+                // typically the one a handle stopped directly, whose exit woke this loop.
+                if !live.run().is_reported() {
+                    self.timers.push(Timer {
+                        at: Instant::now() + grace,
+                        key,
+                        generation: slot.generation,
+                        kind: Kind::Stop,
+                    });
+                }
             }
             Shutdown::Infinity => live.run().stop.request(),
         }
@@ -985,14 +997,13 @@ impl Core {
             self.stop_pool();
             return;
         }
-        let mut up = Vec::new();
+        self.stop_queue.clear();
         for (key, slot) in &mut self.slots {
             if is_up_at_shutdown(slot, &mut self.active) {
-                up.push((slot.seq, key));
+                self.stop_queue.push((slot.seq, key));
             }
         }
-        up.sort_unstable();
-        self.stop_queue = up;
+        self.stop_queue.sort_unstable();
         self.advance_stop_queue();
     }
 

@@ -207,8 +207,8 @@ fn the_process_does_not_outlive_a_killed_supervisor() {
     assert!(!sleeper.is_alive());
 }
 
-/// Runs in a re-executed copy of this test binary: one command child that writes a line to
-/// each stream, then the supervisor returns.
+/// Runs in a re-executed copy of this test binary: one command child that writes a line that is
+/// not UTF-8, then a line to each stream, and exits; then the supervisor returns.
 #[test]
 fn talker_host() {
     if std::env::var_os("PROCWARDEN_TALKER_HOST").is_none() {
@@ -216,7 +216,7 @@ fn talker_host() {
     }
     let supervisor = Supervisor::builder("host")
         .child(
-            Command::shell("echo to-stdout; echo to-stderr >&2")
+            Command::shell("printf 'bad \\377 byte\\n'; echo to-stdout; echo to-stderr >&2")
                 .child_spec("talker")
                 .restart(Restart::Temporary),
         )
@@ -226,7 +226,18 @@ fn talker_host() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(supervisor.run()).unwrap();
+    runtime.block_on(async {
+        let mut events = supervisor.handle().subscribe();
+        supervisor.run().await.unwrap();
+        // A child that failed to start would end the supervisor just as well: say so.
+        let mut exits = Vec::new();
+        while let Ok(Ok(event)) = tokio::time::timeout(Duration::ZERO, events.recv()).await {
+            if let procwarden::supervisor::EventKind::Exited(reason) = event.kind {
+                exits.push(reason);
+            }
+        }
+        assert_eq!(exits, [ExitReason::Normal], "the talker's exits");
+    });
 }
 
 #[test]
@@ -243,6 +254,13 @@ fn output_is_forwarded_line_by_line_with_the_childs_path() {
         stdout
             .lines()
             .any(|l| l.ends_with("[host/talker] to-stdout")),
+        "stdout: {stdout}"
+    );
+    // Not UTF-8: replaced, and what follows is still forwarded.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.ends_with("[host/talker] bad \u{FFFD} byte")),
         "stdout: {stdout}"
     );
     assert!(

@@ -6,7 +6,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 use super::{ProcessRef, Signal};
 use crate::supervisor::{BoxError, ChildSpec, Context, Shutdown};
@@ -215,19 +215,163 @@ enum Stream {
     Err,
 }
 
-/// Copies lines from the process to this process's stdout or stderr, prefixed with `[path]`.
-async fn forward(pipe: impl AsyncRead + Unpin, path: Arc<str>, stream: Stream) {
-    let mut lines = BufReader::new(pipe).lines();
-    let mut stdout = tokio::io::stdout();
-    let mut stderr = tokio::io::stderr();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let text = format!("[{path}] {line}\n");
-        let written = match stream {
-            Stream::Out => stdout.write_all(text.as_bytes()).await,
-            Stream::Err => stderr.write_all(text.as_bytes()).await,
-        };
-        if written.is_err() {
-            return;
+impl Stream {
+    fn name(self) -> &'static str {
+        match self {
+            Stream::Out => "stdout",
+            Stream::Err => "stderr",
         }
+    }
+}
+
+/// Copies lines from the process to this process's stdout or stderr, prefixed with `[path]`.
+///
+/// Reads to the end whatever happens: a pipe that nobody reads would block the process once full,
+/// or kill it with SIGPIPE once closed. So bytes that are not UTF-8 are replaced rather than a
+/// reason to stop, a line longer than [`MAX_LINE`] is cut into several, and if this process's
+/// own stream fails, the rest is read and dropped, with one warning. Returns once everything
+/// read is written, so that draining the forwarders of a run means its output is out.
+async fn forward(pipe: impl AsyncRead + Unpin, path: Arc<str>, stream: Stream) {
+    let mut reader = BufReader::new(pipe);
+    let mut line = Vec::new();
+    let mut out = Output::new(stream);
+    loop {
+        line.clear();
+        match read_line(&mut reader, &mut line).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(path = %path, "cannot read the process's {}: {err}", stream.name());
+                break;
+            }
+        }
+        let text = trim_newline(&line);
+        let text = format!("[{path}] {}\n", String::from_utf8_lossy(text));
+        out.write(&path, text.as_bytes()).await;
+    }
+    out.flush(&path).await;
+}
+
+/// Longest line forwarded as one; a longer one is forwarded in pieces of this size.
+const MAX_LINE: usize = 64 * 1024;
+
+/// Appends the next line, its newline included, to `line`, or at most [`MAX_LINE`] bytes of
+/// it; the number of bytes appended, 0 at the end.
+async fn read_line(
+    reader: &mut (impl AsyncBufRead + Unpin),
+    line: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    let start = line.len();
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            break;
+        }
+        let room = MAX_LINE - (line.len() - start);
+        let window = &available[..available.len().min(room)];
+        let (taken, done) = match window.iter().position(|&b| b == b'\n') {
+            Some(at) => (at + 1, true),
+            None => (window.len(), window.len() == room),
+        };
+        line.extend_from_slice(&window[..taken]);
+        reader.consume(taken);
+        if done {
+            break;
+        }
+    }
+    Ok(line.len() - start)
+}
+
+/// A line without its `\n` or `\r\n`, as `lines()` would give it.
+fn trim_newline(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// This process's stdout or stderr, which, once a write fails, takes no more.
+struct Output {
+    stream: Stream,
+    writer: Box<dyn AsyncWrite + Send + Unpin>,
+    failed: bool,
+}
+
+impl Output {
+    fn new(stream: Stream) -> Self {
+        let writer: Box<dyn AsyncWrite + Send + Unpin> = match stream {
+            Stream::Out => Box::new(tokio::io::stdout()),
+            Stream::Err => Box::new(tokio::io::stderr()),
+        };
+        Self {
+            stream,
+            writer,
+            failed: false,
+        }
+    }
+
+    async fn write(&mut self, path: &str, bytes: &[u8]) {
+        if !self.failed {
+            let written = self.writer.write_all(bytes).await;
+            self.check(path, written);
+        }
+    }
+
+    /// Waits for what was written to be out: tokio hands writes to a blocking thread.
+    async fn flush(&mut self, path: &str) {
+        if !self.failed {
+            let flushed = self.writer.flush().await;
+            self.check(path, flushed);
+        }
+    }
+
+    fn check(&mut self, path: &str, result: std::io::Result<()>) {
+        if let Err(err) = result {
+            self.failed = true;
+            tracing::warn!(
+                path,
+                "cannot forward the process's {}: {err}; the rest of it is dropped",
+                self.stream.name()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines_of(input: &[u8]) -> Vec<Vec<u8>> {
+        let mut reader = BufReader::with_capacity(16, input);
+        let mut lines = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            if read_line(&mut reader, &mut line).await.unwrap() == 0 {
+                return lines;
+            }
+            lines.push(line);
+        }
+    }
+
+    #[tokio::test]
+    async fn lines_are_read_across_buffer_refills_and_without_a_final_newline() {
+        let input = b"first line, longer than the buffer\nsecond\r\nlast";
+        let lines = lines_of(input).await;
+        assert_eq!(
+            lines,
+            [
+                b"first line, longer than the buffer\n".to_vec(),
+                b"second\r\n".to_vec(),
+                b"last".to_vec()
+            ]
+        );
+        assert_eq!(trim_newline(&lines[1]), b"second");
+    }
+
+    #[tokio::test]
+    async fn a_line_longer_than_the_limit_is_cut_into_pieces() {
+        let mut input = vec![b'x'; MAX_LINE * 2 + 10];
+        input.push(b'\n');
+        input.extend_from_slice(b"next\n");
+        let lengths: Vec<usize> = lines_of(&input).await.iter().map(Vec::len).collect();
+        assert_eq!(lengths, [MAX_LINE, MAX_LINE, 11, 5]);
     }
 }

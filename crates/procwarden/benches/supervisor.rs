@@ -9,9 +9,11 @@
 //!    `ctx.shutdown_requested()`; and, secondarily, the same 100,000 added at run time with
 //!    `SupervisorHandle::add`. Measured: spawn to all running (every child counts itself when
 //!    first polled, the last one notifies), stop request to joined, and live heap per child.
-//! 2. **One child, stop latency.** `handle.shutdown()` to `run()` returned (through the
-//!    supervisor's `JoinHandle`), against cancel to a task's `JoinHandle` resolved; the two are
-//!    sampled alternately on one runtime.
+//! 2. **One child, stop latency.** `handle.shutdown()` to `run()` returned, against cancel to a
+//!    task's `JoinHandle` resolved. `run()` is awaited by the caller's own task, as the floor's
+//!    caller awaits its task: in both, one task stops and one wakes. Secondarily, the same
+//!    through `Supervisor::spawn`'s `JoinHandle`, which puts one more task between the two. All
+//!    three are sampled alternately on one runtime.
 //! 3. **Failure to restart.** A child told to fail, until its next run has started, against a
 //!    hand-written respawn loop.
 //!
@@ -457,7 +459,7 @@ async fn joined(
 struct OneStop {
     floor: Vec<Duration>,
     procwarden: Vec<Duration>,
-    in_place: Vec<Duration>,
+    spawned: Vec<Duration>,
 }
 
 fn one_stop(cfg: &Config) -> OneStop {
@@ -466,16 +468,16 @@ fn one_stop(cfg: &Config) -> OneStop {
         let mut out = OneStop {
             floor: Vec::with_capacity(iters),
             procwarden: Vec::with_capacity(iters),
-            in_place: Vec::with_capacity(iters),
+            spawned: Vec::with_capacity(iters),
         };
         for i in 0..warmup + iters {
             let floor = floor_one_stop().await;
             let procwarden = procwarden_one_stop().await;
-            let in_place = procwarden_one_stop_in_place().await;
+            let spawned = procwarden_one_stop_spawned().await;
             if i >= warmup {
                 out.floor.push(floor);
                 out.procwarden.push(procwarden);
-                out.in_place.push(in_place);
+                out.spawned.push(spawned);
             }
         }
         out
@@ -500,9 +502,9 @@ async fn floor_one_stop() -> Duration {
     t.elapsed()
 }
 
-/// `handle.shutdown()` to `run()` returned, for a supervisor of one child that returns as soon
-/// as it is asked to stop.
-async fn procwarden_one_stop() -> Duration {
+/// As [`procwarden_one_stop`], with the supervisor on a task of its own, awaited through its
+/// `JoinHandle`.
+async fn procwarden_one_stop_spawned() -> Duration {
     let supervisor = Supervisor::builder("one")
         .child(ChildSpec::new("child", |ctx: Context| async move {
             ENTERED.notify_one();
@@ -517,13 +519,14 @@ async fn procwarden_one_stop() -> Duration {
     settle().await;
     let t = Instant::now();
     handle.shutdown();
-    joined("procwarden one child", running).await;
+    joined("procwarden one child, spawned", running).await;
     t.elapsed()
 }
 
-/// `handle.shutdown()` to `run()` returned, with `run()` awaited in place by the caller's own
-/// task, as the floor's caller awaits its task.
-async fn procwarden_one_stop_in_place() -> Duration {
+/// `handle.shutdown()` to `run()` returned, for a supervisor of one child that returns as soon
+/// as it is asked to stop. `run()` is polled by this task, which first waits, polling it, for
+/// the child to be up and the runtime to be quiet.
+async fn procwarden_one_stop() -> Duration {
     let supervisor = Supervisor::builder("one")
         .child(ChildSpec::new("child", |ctx: Context| async move {
             ENTERED.notify_one();
@@ -548,9 +551,9 @@ async fn procwarden_one_stop_in_place() -> Duration {
     }
     let t = Instant::now();
     handle.shutdown();
-    match bounded("procwarden one child, in place", run).await {
+    match bounded("procwarden one child", run).await {
         Ok(()) => {}
-        Err(err) => fail(&format!("one child, in place: supervisor returned {err}")),
+        Err(err) => fail(&format!("one child: supervisor returned {err}")),
     }
     t.elapsed()
 }
@@ -889,8 +892,13 @@ fn main() {
     print_latency("one_child_stop", "floor", &floor_stop, cfg.iters);
     let pw_stop = Latency::of(stops.procwarden);
     print_latency("one_child_stop", "procwarden", &pw_stop, cfg.iters);
-    let in_place_stop = Latency::of(stops.in_place);
-    print_latency("one_child_stop_in_place", "procwarden", &in_place_stop, cfg.iters);
+    let spawned_stop = Latency::of(stops.spawned);
+    print_latency(
+        "one_child_stop_spawned",
+        "procwarden",
+        &spawned_stop,
+        cfg.iters,
+    );
 
     // 3. Failure to restart.
     let floor_restart = Latency::of(floor_restart(&cfg));
@@ -928,7 +936,8 @@ fn main() {
         "{{\"bench\":\"summary\",\"n\":{n},\"start_ratio\":{:.3},\"stop_ratio\":{:.3},\
          \"start_cpu_ratio\":{},\"stop_cpu_ratio\":{},\"heap_bytes_per_child\":{p_bytes:.1},\
          \"floor_heap_bytes_per_child\":{f_bytes:.1},\"one_child_stop_ratio\":{:.3},\
-         \"failure_to_restart_ratio\":{:.3},\"start_ok\":{start_ok},\"stop_ok\":{stop_ok},\
+         \"one_child_stop_spawned_ratio\":{:.3},\"failure_to_restart_ratio\":{:.3},\
+         \"start_ok\":{start_ok},\"stop_ok\":{stop_ok},\
          \"heap_ok\":{heap_ok},\"one_child_stop_ok\":{one_ok},\"loadavg1_start\":{},\
          \"loadavg1_end\":{}}}",
         p_start / f_start,
@@ -936,6 +945,7 @@ fn main() {
         json_opt(Some(p_start_cpu / f_start_cpu).filter(|r| r.is_finite())),
         json_opt(Some(p_stop_cpu / f_stop_cpu).filter(|r| r.is_finite())),
         us(pw_stop.median) / us(floor_stop.median),
+        us(spawned_stop.median) / us(floor_stop.median),
         us(pw_restart.median) / us(floor_restart.median),
         json_opt(load_start),
         json_opt(load_end),
@@ -1022,6 +1032,12 @@ fn main() {
             format!("{:.1} us", us(pw_stop.p90)),
         )
         .ratio(us(floor_stop.p90), us(pw_stop.p90), None),
+        Row::new(
+            "one child stop, spawned, median",
+            format!("{:.1} us", us(floor_stop.median)),
+            format!("{:.1} us", us(spawned_stop.median)),
+        )
+        .ratio(us(floor_stop.median), us(spawned_stop.median), None),
         Row::new(
             "failure -> next run, median",
             format!("{:.1} us", us(floor_restart.median)),

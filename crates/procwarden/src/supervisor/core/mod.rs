@@ -327,8 +327,7 @@ impl Core {
 
     /// Handles `first`, then the messages already queued behind it, up to [`MAX_BATCH`]. Read
     /// one at a time rather than into a buffer: a supervisor's wake is most often one message.
-    fn handle_queued(&mut self, first: Option<Msg>) {
-        let mut first = first;
+    fn handle_queued(&mut self, mut first: Option<Msg>) {
         for _ in 0..MAX_BATCH {
             let Some(msg) = first.take().or_else(|| self.receiver.try_recv().ok()) else {
                 return;

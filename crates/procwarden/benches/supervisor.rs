@@ -502,17 +502,22 @@ async fn floor_one_stop() -> Duration {
     t.elapsed()
 }
 
-/// As [`procwarden_one_stop`], with the supervisor on a task of its own, awaited through its
-/// `JoinHandle`.
-async fn procwarden_one_stop_spawned() -> Duration {
-    let supervisor = Supervisor::builder("one")
+/// A supervisor of one child that says when it is up, and returns as soon as it is asked to stop.
+fn one_child_supervisor() -> Supervisor {
+    Supervisor::builder("one")
         .child(ChildSpec::new("child", |ctx: Context| async move {
             ENTERED.notify_one();
             ctx.shutdown_requested().await;
             Ok::<(), Infallible>(())
         }))
         .build()
-        .unwrap_or_else(|err| fail(&format!("build: {err}")));
+        .unwrap_or_else(|err| fail(&format!("build: {err}")))
+}
+
+/// As [`procwarden_one_stop`], with the supervisor on a task of its own, awaited through its
+/// `JoinHandle`.
+async fn procwarden_one_stop_spawned() -> Duration {
+    let supervisor = one_child_supervisor();
     let handle = supervisor.handle();
     let running = supervisor.spawn();
     bounded("procwarden: child entered", ENTERED.notified()).await;
@@ -523,18 +528,10 @@ async fn procwarden_one_stop_spawned() -> Duration {
     t.elapsed()
 }
 
-/// `handle.shutdown()` to `run()` returned, for a supervisor of one child that returns as soon
-/// as it is asked to stop. `run()` is polled by this task, which first waits, polling it, for
-/// the child to be up and the runtime to be quiet.
+/// `handle.shutdown()` to `run()` returned, for [`one_child_supervisor`]. `run()` is polled by
+/// this task, which first waits, polling it, for the child to be up and the runtime to be quiet.
 async fn procwarden_one_stop() -> Duration {
-    let supervisor = Supervisor::builder("one")
-        .child(ChildSpec::new("child", |ctx: Context| async move {
-            ENTERED.notify_one();
-            ctx.shutdown_requested().await;
-            Ok::<(), Infallible>(())
-        }))
-        .build()
-        .unwrap_or_else(|err| fail(&format!("build: {err}")));
+    let supervisor = one_child_supervisor();
     let handle = supervisor.handle();
     let run = supervisor.run();
     tokio::pin!(run);

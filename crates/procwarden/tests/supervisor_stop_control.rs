@@ -1769,6 +1769,36 @@ async fn a_panic_after_the_first_await_is_that_childs_failure() {
     .await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_panic_while_the_finished_future_is_dropped_is_that_childs_failure() {
+    let failing = ChildSpec::new("careless", |_ctx: Context| PanicsWhenDropped);
+    assert_contained(
+        failing,
+        ExitReason::Panicked("boom while dropping the finished future".into()),
+    )
+    .await;
+}
+
+/// A hand-written future, done at once, whose destructor panics: the run must still report.
+struct PanicsWhenDropped;
+
+impl Future for PanicsWhenDropped {
+    type Output = Res;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Res> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for PanicsWhenDropped {
+    fn drop(&mut self) {
+        panic!("boom while dropping the finished future");
+    }
+}
+
 #[derive(Debug)]
 struct StartError {
     source: ConnectError,

@@ -150,6 +150,7 @@ where
                     Err(payload) => Err(payload),
                 };
                 let reason = ended(ctx, outcome);
+                let reason = drop_finished(stage.as_mut(), reason);
                 stage.set(Stage::Draining { reason });
             }
             StageProj::Draining { reason } => {
@@ -161,6 +162,24 @@ where
             }
             StageProj::Reported => return Poll::Ready(()),
         }
+    }
+}
+
+/// Drops the child's finished future, whose destructors are the child's code too: a panic in
+/// one is the child's failure, unless the run had failed already.
+fn drop_finished<R, Fut>(mut stage: Pin<&mut Stage<R, Fut>>, reason: ExitReason) -> ExitReason {
+    // A panicking destructor still leaves the new stage in place, so the future is not dropped
+    // twice.
+    match catch_unwind(AssertUnwindSafe(|| stage.set(Stage::Reported))) {
+        Ok(()) => reason,
+        Err(payload) => match reason {
+            ExitReason::Normal | ExitReason::Shutdown => {
+                let reason = ExitReason::Panicked(panic_message(payload).into());
+                tracing::warn!("{reason}");
+                reason
+            }
+            failed => failed,
+        },
     }
 }
 

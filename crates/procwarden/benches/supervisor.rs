@@ -5,8 +5,10 @@
 //! multi-thread runtime with 2 worker threads per measurement, no `tracing` subscriber.
 //!
 //! 1. **100,000 at once.** Floor: tasks waiting on child `CancellationToken`s of one parent, in a
-//!    `TaskTracker`. procwarden: a dynamic pool with 100,000 `ChildSpec`s, each waiting on
-//!    `ctx.shutdown_requested()`; and, secondarily, the same 100,000 added at run time with
+//!    `TaskTracker`, spawned and joined by the measuring task. procwarden: a dynamic pool with
+//!    100,000 `ChildSpec`s, each waiting on `ctx.shutdown_requested()`, its `run()` awaited by the
+//!    measuring task (as `run_until_signal().await` in a `main` runs it); secondarily, the same
+//!    on a task of its own (`Supervisor::spawn`), and the same 100,000 added at run time with
 //!    `SupervisorHandle::add`. Measured: spawn to all running (every child counts itself when
 //!    first polled, the last one notifies), stop request to joined, and live heap per child.
 //! 2. **One child, stop latency.** `handle.shutdown()` to `run()` returned, against cancel to a
@@ -357,7 +359,17 @@ fn floor_pool(n: usize) -> Pool {
     })
 }
 
-fn procwarden_pool(n: usize) -> Pool {
+/// How the supervisor of a measurement runs.
+#[derive(Clone, Copy)]
+enum Driven {
+    /// `run()` awaited by the measuring task itself, as the floor's task spawns and joins its
+    /// own tasks (and as `run_until_signal().await` in a `main` runs it).
+    InPlace,
+    /// On a task of its own (`Supervisor::spawn`), awaited through its `JoinHandle`.
+    Spawned,
+}
+
+fn procwarden_pool(n: usize, driven: Driven) -> Pool {
     on_runtime(async move {
         expect_arrivals(n);
         let before_specs = Heap::now();
@@ -370,17 +382,35 @@ fn procwarden_pool(n: usize) -> Pool {
         let handle = supervisor.handle();
         let before = Heap::now();
         let spec_heap = before.per_child_since(before_specs, n);
+        let all_running = || bounded("procwarden: all children running", ALL_ARRIVED.notified());
 
-        let t0 = Stopwatch::start();
-        let running = supervisor.spawn();
-        bounded("procwarden: all children running", ALL_ARRIVED.notified()).await;
-        let start = t0.stop();
-        let heap = Heap::now().per_child_since(before, n);
-
-        let t1 = Stopwatch::start();
-        handle.shutdown();
-        joined("procwarden pool", running).await;
-        let stop = t1.stop();
+        let (start, heap, stop) = match driven {
+            Driven::InPlace => {
+                let t0 = Stopwatch::start();
+                let run = supervisor.run();
+                tokio::pin!(run);
+                beside(run.as_mut(), all_running()).await;
+                let start = t0.stop();
+                let heap = Heap::now().per_child_since(before, n);
+                let t1 = Stopwatch::start();
+                handle.shutdown();
+                bounded("procwarden pool", run)
+                    .await
+                    .unwrap_or_else(|err| fail(&format!("procwarden pool: {err}")));
+                (start, heap, t1.stop())
+            }
+            Driven::Spawned => {
+                let t0 = Stopwatch::start();
+                let running = supervisor.spawn();
+                all_running().await;
+                let start = t0.stop();
+                let heap = Heap::now().per_child_since(before, n);
+                let t1 = Stopwatch::start();
+                handle.shutdown();
+                joined("procwarden pool", running).await;
+                (start, heap, t1.stop())
+            }
+        };
         Pool {
             n,
             start,
@@ -472,8 +502,8 @@ fn one_stop(cfg: &Config) -> OneStop {
         };
         for i in 0..warmup + iters {
             let floor = floor_one_stop().await;
-            let procwarden = procwarden_one_stop().await;
-            let spawned = procwarden_one_stop_spawned().await;
+            let procwarden = procwarden_one_stop(Driven::InPlace).await;
+            let spawned = procwarden_one_stop(Driven::Spawned).await;
             if i >= warmup {
                 out.floor.push(floor);
                 out.procwarden.push(procwarden);
@@ -514,45 +544,45 @@ fn one_child_supervisor() -> Supervisor {
         .unwrap_or_else(|err| fail(&format!("build: {err}")))
 }
 
-/// As [`procwarden_one_stop`], with the supervisor on a task of its own, awaited through its
-/// `JoinHandle`.
-async fn procwarden_one_stop_spawned() -> Duration {
+/// `handle.shutdown()` to the supervisor returned, for [`one_child_supervisor`], once the child
+/// is up and the runtime quiet.
+async fn procwarden_one_stop(driven: Driven) -> Duration {
     let supervisor = one_child_supervisor();
     let handle = supervisor.handle();
-    let running = supervisor.spawn();
-    bounded("procwarden: child entered", ENTERED.notified()).await;
-    settle().await;
-    let t = Instant::now();
-    handle.shutdown();
-    joined("procwarden one child, spawned", running).await;
-    t.elapsed()
+    let up = || async {
+        bounded("procwarden: child entered", ENTERED.notified()).await;
+        settle().await;
+    };
+    match driven {
+        Driven::InPlace => {
+            let run = supervisor.run();
+            tokio::pin!(run);
+            beside(run.as_mut(), up()).await;
+            let t = Instant::now();
+            handle.shutdown();
+            bounded("procwarden one child", run)
+                .await
+                .unwrap_or_else(|err| fail(&format!("one child: supervisor returned {err}")));
+            t.elapsed()
+        }
+        Driven::Spawned => {
+            let running = supervisor.spawn();
+            up().await;
+            let t = Instant::now();
+            handle.shutdown();
+            joined("procwarden one child, spawned", running).await;
+            t.elapsed()
+        }
+    }
 }
 
-/// `handle.shutdown()` to `run()` returned, for [`one_child_supervisor`]. `run()` is polled by
-/// this task, which first waits, polling it, for the child to be up and the runtime to be quiet.
-async fn procwarden_one_stop() -> Duration {
-    let supervisor = one_child_supervisor();
-    let handle = supervisor.handle();
-    let run = supervisor.run();
-    tokio::pin!(run);
-    let early = || fail("procwarden: the supervisor returned before it was asked to");
+/// Awaits `fut` while polling a supervisor's `run()` beside it, which must not return first.
+async fn beside<R: Future, F: Future>(run: std::pin::Pin<&mut R>, fut: F) -> F::Output {
     tokio::select! {
         biased;
-        _ = &mut run => early(),
-        () = bounded("procwarden: child entered", ENTERED.notified()) => {}
+        _ = run => fail("procwarden: the supervisor returned before it was asked to"),
+        out = fut => out,
     }
-    tokio::select! {
-        biased;
-        _ = &mut run => early(),
-        () = settle() => {}
-    }
-    let t = Instant::now();
-    handle.shutdown();
-    match bounded("procwarden one child", run).await {
-        Ok(()) => {}
-        Err(err) => fail(&format!("one child: supervisor returned {err}")),
-    }
-    t.elapsed()
 }
 
 // ---- 3. failure to restart ----------------------------------------------------------------------
@@ -869,15 +899,19 @@ fn main() {
     // threads is slower for whoever goes first), then rounds interleaved so that drifts in the
     // machine hit all three alike.
     let _ = floor_pool(cfg.n);
-    let _ = procwarden_pool(cfg.n);
-    let (mut floor, mut built, mut added) = (Vec::new(), Vec::new(), Vec::new());
+    let _ = procwarden_pool(cfg.n, Driven::InPlace);
+    let (mut floor, mut built, mut spawned, mut added) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for rep in 0..cfg.reps {
         let f = floor_pool(cfg.n);
         print_pool("pool", "floor", rep, &f);
         floor.push(f);
-        let p = procwarden_pool(cfg.n);
+        let p = procwarden_pool(cfg.n, Driven::InPlace);
         print_pool("pool", "procwarden", rep, &p);
         built.push(p);
+        let s = procwarden_pool(cfg.n, Driven::Spawned);
+        print_pool("pool_spawned", "procwarden", rep, &s);
+        spawned.push(s);
         let a = procwarden_pool_add(cfg.n);
         print_pool("pool_add", "procwarden", rep, &a);
         added.push(a);
@@ -914,6 +948,7 @@ fn main() {
     let stop = |p: &Pool| p.stop;
     let (f_start, f_stop) = (wall(&floor, start), wall(&floor, stop));
     let (p_start, p_stop) = (wall(&built, start), wall(&built, stop));
+    let (s_start, s_stop) = (wall(&spawned, start), wall(&spawned, stop));
     let (a_start, a_stop) = (wall(&added, start), wall(&added, stop));
     let (f_start_cpu, f_stop_cpu) = (cpu(&floor, start), cpu(&floor, stop));
     let (p_start_cpu, p_stop_cpu) = (cpu(&built, start), cpu(&built, stop));
@@ -933,6 +968,7 @@ fn main() {
         "{{\"bench\":\"summary\",\"n\":{n},\"start_ratio\":{:.3},\"stop_ratio\":{:.3},\
          \"start_cpu_ratio\":{},\"stop_cpu_ratio\":{},\"heap_bytes_per_child\":{p_bytes:.1},\
          \"floor_heap_bytes_per_child\":{f_bytes:.1},\"one_child_stop_ratio\":{:.3},\
+         \"start_spawned_ratio\":{:.3},\"stop_spawned_ratio\":{:.3},\
          \"one_child_stop_spawned_ratio\":{:.3},\"failure_to_restart_ratio\":{:.3},\
          \"start_ok\":{start_ok},\"stop_ok\":{stop_ok},\
          \"heap_ok\":{heap_ok},\"one_child_stop_ok\":{one_ok},\"loadavg1_start\":{},\
@@ -942,6 +978,8 @@ fn main() {
         json_opt(Some(p_start_cpu / f_start_cpu).filter(|r| r.is_finite())),
         json_opt(Some(p_stop_cpu / f_stop_cpu).filter(|r| r.is_finite())),
         us(pw_stop.median) / us(floor_stop.median),
+        s_start / f_start,
+        s_stop / f_stop,
         us(spawned_stop.median) / us(floor_stop.median),
         us(pw_restart.median) / us(floor_restart.median),
         json_opt(load_start),
@@ -994,6 +1032,18 @@ fn main() {
         );
     }
     rows.extend([
+        Row::new(
+            format!("{n} spawned: start"),
+            format!("{f_start:.1} ms"),
+            format!("{s_start:.1} ms"),
+        )
+        .ratio(f_start, s_start, None),
+        Row::new(
+            format!("{n} spawned: stop"),
+            format!("{f_stop:.1} ms"),
+            format!("{s_stop:.1} ms"),
+        )
+        .ratio(f_stop, s_stop, None),
         Row::new(
             format!("{n} added at run time: start"),
             format!("{f_start:.1} ms"),

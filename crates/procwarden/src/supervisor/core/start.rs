@@ -1,0 +1,179 @@
+//! Adding children, starting their runs in order, and readiness.
+
+use std::mem;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use crate::supervisor::context::{Lasting, Run};
+use crate::supervisor::{ChildSpec, Context, EventKind, SupervisorError, name};
+
+use super::Core;
+use super::slot::{Slot, State};
+use super::timer::{Kind, Timer};
+
+impl Core {
+    /// Gives a child added at run time its slot; its name must already be valid.
+    pub(super) fn insert(&mut self, spec: Box<ChildSpec>) -> Result<usize, SupervisorError> {
+        if self.find(&spec.name).is_some() {
+            return Err(SupervisorError::DuplicateName {
+                path: format!("{}/{}", self.handle.path(), spec.name),
+            });
+        }
+        let name = spec.name.clone();
+        let key = self.insert_slot(Some(spec));
+        self.names.insert(name, key);
+        Ok(key)
+    }
+
+    /// Gives a child its slot: one added at run time with its own spec, or else the next of the
+    /// definition's children, at its position (the builder checked the names, and the
+    /// definition's index finds it).
+    pub(super) fn insert_slot(&mut self, added: Option<Box<ChildSpec>>) -> usize {
+        let entry = self.slots.vacant_entry();
+        let key = entry.key();
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let spec = super::slot::spec_of(seq, added.as_deref(), &self.definition);
+        let lasting = Lasting::of(spec.messages, spec.is_supervisor);
+        entry.insert(Slot::new(seq, added, lasting));
+        self.active += 1;
+        key
+    }
+
+    pub(super) fn add(&mut self, spec: Box<ChildSpec>) -> Result<(), SupervisorError> {
+        if self.shutting_down() {
+            return Err(SupervisorError::Stopping {
+                path: self.handle.path().to_owned(),
+                child: spec.name.to_string(),
+            });
+        }
+        name::validate(&spec.name)?;
+        let key = self.insert(spec)?;
+        self.queue_start(key);
+        self.pump();
+        Ok(())
+    }
+
+    /// Puts a child in line to start: at once in a pool, in start order otherwise.
+    pub(super) fn queue_start(&mut self, key: usize) {
+        let slot = &mut self.slots[key];
+        slot.state = State::Waiting;
+        if self.definition.dynamic {
+            self.start(key);
+        } else {
+            let order = slot.order(key);
+            self.pending.insert(order);
+        }
+    }
+
+    /// Starts waiting children in order, as far as readiness allows.
+    pub(super) fn pump(&mut self) {
+        while let Some(&(seq, key)) = self.pending.first() {
+            if self.unready.first().is_some_and(|&(first, _)| first < seq) {
+                return;
+            }
+            self.pending.pop_first();
+            self.start(key);
+        }
+    }
+
+    pub(super) fn start(&mut self, key: usize) {
+        let now = Instant::now();
+        let ctx = self.prepare(key, now);
+        self.handle.pool_drain().task_started();
+        self.slots[key]
+            .spec(&self.definition)
+            .launch
+            .launch(ctx.clone());
+        self.commit(key, ctx, now);
+    }
+
+    /// Starts a pool's first children in three passes — make every context, spawn every task,
+    /// then do the bookkeeping — so that the spawns come back to back and the runtime's other
+    /// workers keep stealing them instead of parking and being woken for each one.
+    pub(super) fn start_burst(&mut self, keys: &[usize]) {
+        let now = Instant::now();
+        let prepared: Vec<Context> = keys.iter().map(|&key| self.prepare(key, now)).collect();
+        for (ctx, &key) in prepared.iter().zip(keys) {
+            self.handle.pool_drain().task_started();
+            self.slots[key]
+                .spec(&self.definition)
+                .launch
+                .launch(ctx.clone());
+        }
+        for (ctx, &key) in prepared.into_iter().zip(keys) {
+            self.commit(key, ctx, now);
+        }
+    }
+
+    /// A new run's context, not yet spawned.
+    fn prepare(&mut self, key: usize, now: Instant) -> Context {
+        let generation = self.next_generation();
+        let slot = &mut self.slots[key];
+        slot.generation = generation;
+        slot.since = Some(now);
+        Context::new(Run::new(
+            slot.spec(&self.definition).name.clone(),
+            slot.lasting.clone(),
+            mem::take(&mut slot.reload),
+            key,
+            generation,
+            Arc::clone(&self.handle),
+        ))
+    }
+
+    /// Records a run just spawned: it is live, and starting or, if it reports no readiness, ready.
+    fn commit(&mut self, key: usize, run: Context, now: Instant) {
+        let slot = &mut self.slots[key];
+        let generation = slot.generation;
+        slot.live = Some(run);
+        self.live += 1;
+        if !self.definition.dynamic {
+            self.live_order.insert(slot.order(key));
+        }
+        self.emit(key, || EventKind::Starting);
+        let slot = &mut self.slots[key];
+        if slot.spec(&self.definition).reports_ready {
+            slot.state = State::Starting;
+            let order = slot.order(key);
+            if let Some(timeout) = slot.spec(&self.definition).start_timeout {
+                self.timers.push(Timer {
+                    at: now + timeout,
+                    key,
+                    generation,
+                    kind: Kind::Start,
+                });
+            }
+            if !self.definition.dynamic {
+                self.unready.insert(order);
+            }
+        } else {
+            self.mark_ready(key);
+        }
+    }
+
+    pub(super) fn mark_ready(&mut self, key: usize) {
+        let slot = &mut self.slots[key];
+        slot.state = State::Running;
+        let order = slot.order(key);
+        self.unready.remove(&order);
+        self.emit(key, || EventKind::Ready);
+    }
+
+    /// A nested supervisor is ready once its first children all are.
+    pub(super) fn announce_ready(&mut self) {
+        if self.announce
+            && !self.shutting_down()
+            && self.pending.is_empty()
+            && self.unready.is_empty()
+        {
+            self.announce = false;
+            match &self.parent {
+                // The parent reports the nested supervisor's readiness as its child's.
+                Some(parent) => parent.ready(),
+                None => self.emit_own(|| EventKind::Ready),
+            }
+        }
+    }
+}

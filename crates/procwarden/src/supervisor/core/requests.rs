@@ -14,17 +14,13 @@ use super::{Core, SlotReport, StatusReport};
 
 impl Core {
     pub(super) fn remove(&mut self, name: &str, reply: Reply<ExitReason>) {
-        let key = match self.key_of(name) {
+        let key = match self.changeable(name) {
             Ok(key) => key,
             Err(err) => {
                 let _ = reply.send(Err(err));
                 return;
             }
         };
-        if self.shutting_down() {
-            let _ = reply.send(Err(self.stopping_error(name)));
-            return;
-        }
         let slot = &mut self.slots[key];
         match &mut slot.state {
             State::Starting | State::Running => self.begin_stop(key, After::Remove(reply)),
@@ -49,17 +45,13 @@ impl Core {
     }
 
     pub(super) fn restart_on_demand(&mut self, name: &str, reply: Reply<()>) {
-        let key = match self.key_of(name) {
+        let key = match self.changeable(name) {
             Ok(key) => key,
             Err(err) => {
                 let _ = reply.send(Err(err));
                 return;
             }
         };
-        if self.shutting_down() {
-            let _ = reply.send(Err(self.stopping_error(name)));
-            return;
-        }
         let slot = &mut self.slots[key];
         match slot.state {
             State::Starting | State::Running => self.begin_stop(key, After::Restart(reply)),
@@ -83,6 +75,16 @@ impl Core {
                 let _ = reply.send(Ok(()));
             }
         }
+    }
+
+    /// The key of the child named `name`, if it may be removed or restarted now: it exists, and
+    /// the supervisor is not stopping.
+    fn changeable(&self, name: &str) -> Result<usize, SupervisorError> {
+        let key = self.key_of(name)?;
+        if self.shutting_down() {
+            return Err(self.stopping_error(name));
+        }
+        Ok(key)
     }
 
     fn stopping_error(&self, child: &str) -> SupervisorError {

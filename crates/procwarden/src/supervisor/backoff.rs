@@ -106,9 +106,31 @@ impl Backoff {
     }
 }
 
+impl Backoff {
+    /// [`Backoff::default`], for specs to refer to rather than hold a copy.
+    pub(crate) const DEFAULT: Self = Self {
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(10),
+        factor: 2.0,
+        jitter: 0.1,
+        reset_after: Duration::from_secs(30),
+    };
+}
+
 impl Default for Backoff {
     /// 100 ms doubling up to 10 s, 10% jitter, reset after 30 s of stable running.
     fn default() -> Self {
-        Self::exponential(Duration::from_millis(100), Duration::from_secs(10))
+        Self::DEFAULT
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_is_the_documented_exponential_backoff() {
+        let documented = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(10));
+        assert_eq!(Backoff::default(), documented);
     }
 }

@@ -336,8 +336,8 @@ impl Context {
             Some(mailbox) => panic!(
                 "child {} accepts messages of type {}, not {}",
                 self.path(),
-                mailbox.accepts.name,
-                expected.name
+                mailbox.accepts.name(),
+                expected.name()
             ),
             None => panic!(
                 "child {} declares no message type (ChildSpec::messages)",

@@ -119,24 +119,44 @@ pub struct ChildSpec {
     pub(crate) shutdown: Shutdown,
     pub(crate) start_timeout: Option<Duration>,
     pub(crate) reports_ready: bool,
-    pub(crate) backoff: Backoff,
+    /// `None` for the default, which most children keep: it is not copied into every spec.
+    backoff: Option<Box<Backoff>>,
     pub(crate) messages: Option<MessageType>,
     pub(crate) is_supervisor: bool,
 }
 
 /// The type of message a child accepts, by id and by name for error messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct MessageType {
-    pub(crate) id: TypeId,
-    pub(crate) name: &'static str,
-}
+///
+/// A pointer to a function of the type rather than its id and name: every spec holds one, and
+/// this is a quarter of the size.
+#[derive(Clone, Copy)]
+pub(crate) struct MessageType(fn() -> (TypeId, &'static str));
 
 impl MessageType {
     pub(crate) fn of<M: 'static>() -> Self {
-        Self {
-            id: TypeId::of::<M>(),
-            name: type_name::<M>(),
-        }
+        Self(|| (TypeId::of::<M>(), type_name::<M>()))
+    }
+
+    fn id(self) -> TypeId {
+        (self.0)().0
+    }
+
+    /// The type's name, for error messages.
+    pub(crate) fn name(self) -> &'static str {
+        (self.0)().1
+    }
+}
+
+/// By type: two pointers to the function of one type may differ, when it was made twice.
+impl PartialEq for MessageType {
+    fn eq(&self, other: &Self) -> bool {
+        self.id() == other.id()
+    }
+}
+
+impl fmt::Debug for MessageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -158,7 +178,7 @@ impl ChildSpec {
             shutdown: Shutdown::default(),
             start_timeout: Some(Duration::from_secs(30)),
             reports_ready: false,
-            backoff: Backoff::default(),
+            backoff: None,
             messages: None,
             is_supervisor: false,
         }
@@ -193,6 +213,11 @@ impl ChildSpec {
     /// The child's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The delays between the child's restarts.
+    pub(crate) fn delays(&self) -> &Backoff {
+        self.backoff.as_deref().unwrap_or(&Backoff::DEFAULT)
     }
 
     /// Sets when the child is restarted. Default: [`Restart::Permanent`].
@@ -231,7 +256,7 @@ impl ChildSpec {
 
     /// Sets the delays between restarts. Default: [`Backoff::default`].
     pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
+        self.backoff = (backoff != Backoff::DEFAULT).then(|| Box::new(backoff));
         self
     }
 
@@ -253,8 +278,8 @@ impl fmt::Debug for ChildSpec {
             .field("shutdown", &self.shutdown)
             .field("start_timeout", &self.start_timeout)
             .field("reports_ready", &self.reports_ready)
-            .field("backoff", &self.backoff)
-            .field("messages", &self.messages.map(|m| m.name))
+            .field("backoff", self.delays())
+            .field("messages", &self.messages.map(MessageType::name))
             .finish_non_exhaustive()
     }
 }

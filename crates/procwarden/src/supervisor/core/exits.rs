@@ -121,7 +121,7 @@ impl Core {
     pub(super) fn next_delay(&mut self, key: usize) -> Duration {
         let now = Instant::now();
         let slot = &mut self.slots[key];
-        let stable = slot.spec(&self.definition).backoff.stable_period();
+        let stable = slot.spec(&self.definition).delays().stable_period();
         if slot
             .since
             .is_some_and(|since| now.saturating_duration_since(since) >= stable)
@@ -130,7 +130,7 @@ impl Core {
         }
         let delay = slot
             .spec(&self.definition)
-            .backoff
+            .delays()
             .jittered_delay(slot.attempt);
         slot.attempt = slot.attempt.saturating_add(1);
         delay

@@ -127,8 +127,8 @@ impl Core {
             other => {
                 return Err(SupervisorError::WrongMessageType {
                     path: path(),
-                    expected: other.map_or("none", |m| m.accepts.name),
-                    got: kind.name,
+                    expected: other.map_or("none", |m| m.accepts.name()),
+                    got: kind.name(),
                 });
             }
         };

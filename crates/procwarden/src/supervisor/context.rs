@@ -17,9 +17,8 @@ use tracing::Instrument;
 use super::SupervisorHandle;
 use super::core::Msg;
 use super::handle::Tree;
-use super::reload_signal::ReloadSignal;
+use super::run_signals::RunSignals;
 use super::spec::MessageType;
-use super::stop_signal::StopSignal;
 
 /// A child's view of its supervisor, for one run of the child.
 ///
@@ -40,14 +39,18 @@ pub(crate) struct Run {
     name: SmolStr,
     /// Made from the supervisor's path when first needed.
     path: OnceLock<Box<str>>,
-    pub(crate) reload: ReloadSignal,
+    /// Whether it is asked to stop, or to reload.
+    pub(crate) signals: RunSignals,
     lasting: Option<Arc<Lasting>>,
     pub(crate) key: usize,
     pub(crate) generation: u64,
-    pub(crate) stop: StopSignal,
     ready_sent: AtomicBool,
     supervisor: Arc<SupervisorHandle>,
-    spawned: Mutex<Spawned>,
+    /// The tasks the run spawned, until the run is over.
+    spawned: Mutex<Option<JoinSet<()>>>,
+    /// The run is over: its tasks were drained or aborted, and no more are taken. Changed and
+    /// read under the lock of `spawned`.
+    closed: AtomicBool,
     /// Set to end the run's task at its next poll. The supervisor keeps this rather than the
     /// task's `AbortHandle`, which would keep the task's memory allocated until the supervisor
     /// lets go of it: this way a task is freed when it ends, by the worker that ran it.
@@ -61,14 +64,6 @@ pub(crate) struct Run {
     ended: AtomicBool,
     /// Whether the run's exit is on its way to the supervisor, as a message.
     reported: AtomicBool,
-}
-
-/// The tasks a run spawned, until the run is over.
-#[derive(Default)]
-struct Spawned {
-    set: Option<JoinSet<()>>,
-    /// The run is over: its tasks were drained or aborted, and no more are taken.
-    closed: bool,
 }
 
 /// What a child keeps across its runs when it has any: a mailbox, or the handle of the
@@ -133,14 +128,14 @@ impl Run {
         Self {
             name,
             path: OnceLock::new(),
-            reload: ReloadSignal::new(reload),
+            signals: RunSignals::new(reload),
             lasting,
             key,
             generation,
-            stop: StopSignal::default(),
             ready_sent: AtomicBool::new(false),
             supervisor,
-            spawned: Mutex::new(Spawned::default()),
+            spawned: Mutex::new(None),
+            closed: AtomicBool::new(false),
             aborted: AtomicBool::new(false),
             task_waker: AtomicWaker::new(),
             in_poll: AtomicBool::new(false),
@@ -224,8 +219,8 @@ impl Run {
     pub(crate) fn close_spawned(&self) {
         let set = {
             let mut spawned = lock(&self.spawned);
-            spawned.closed = true;
-            spawned.set.take()
+            self.closed.store(true, Ordering::Relaxed);
+            spawned.take()
         };
         drop(set);
     }
@@ -235,13 +230,13 @@ impl Run {
         loop {
             let joined = {
                 let mut spawned = lock(&self.spawned);
-                let Some(set) = spawned.set.as_mut() else {
+                let Some(set) = spawned.as_mut() else {
                     return Poll::Ready(());
                 };
                 match std::task::ready!(set.poll_join_next(cx)) {
                     Some(joined) => joined,
                     None => {
-                        spawned.set = None;
+                        *spawned = None;
                         return Poll::Ready(());
                     }
                 }
@@ -297,18 +292,18 @@ impl Context {
 
     /// Completes when the supervisor asks this child to stop. Cancel-safe.
     pub fn shutdown_requested(&self) -> impl Future<Output = ()> + Send + '_ {
-        self.inner.stop.requested()
+        self.inner.signals.stop_requested()
     }
 
     /// Whether the supervisor has asked this child to stop.
     pub fn is_shutdown_requested(&self) -> bool {
-        self.inner.stop.is_requested()
+        self.inner.signals.is_stop_requested()
     }
 
     /// A token cancelled when this child should stop, to hand to code that takes one. The
     /// first call makes it; later ones return clones of it.
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.inner.stop.token()
+        self.inner.signals.stop_token()
     }
 
     /// Completes when a reload was requested since the last time it completed.
@@ -316,7 +311,7 @@ impl Context {
     /// Requests coalesce: several reloads before the child looks count as one, but none is lost,
     /// even one requested while the child was restarting. Only one waiter per child is woken.
     pub async fn reload_requested(&self) {
-        self.inner.reload.requested().await;
+        self.inner.signals.reload_requested().await;
     }
 
     /// Receives the next message sent to this child with
@@ -361,12 +356,12 @@ impl Context {
         F: Future<Output = ()> + Send + 'static,
     {
         let mut spawned = lock(&self.inner.spawned);
-        if spawned.closed {
+        if self.inner.closed.load(Ordering::Relaxed) {
             tracing::debug!(path = %self.inner.path(), "task spawned after its run ended: dropped");
             return;
         }
         let span = tracing::debug_span!("task", path = %self.inner.path());
-        let set = spawned.set.get_or_insert_with(JoinSet::new);
+        let set = spawned.get_or_insert_with(JoinSet::new);
         // Reap what has already finished, so a long-lived child's set does not grow.
         while set.try_join_next().is_some() {}
         set.spawn(task.instrument(span));

@@ -187,11 +187,11 @@ fn drop_finished<R, Fut>(mut stage: Pin<&mut Stage<R, Fut>>, reason: ExitReason)
 /// to stop with it.
 fn ended(ctx: &Context, outcome: Result<ChildResult, Box<dyn Any + Send>>) -> ExitReason {
     let state = ctx.run();
-    let reason = exit_reason(outcome, state.stop.is_requested());
+    let reason = exit_reason(outcome, state.signals.is_stop_requested());
     if let ExitReason::Failed(_) | ExitReason::Panicked(_) = &reason {
         tracing::warn!("{reason}");
     }
-    state.stop.request();
+    state.signals.request_stop();
     reason
 }
 

@@ -40,13 +40,12 @@ mod intensity;
 mod launch;
 mod name;
 mod pool_drain;
-mod reload_signal;
 mod restart;
+mod run_signals;
 mod shutdown_request;
 mod signals;
 mod spec;
 mod status;
-mod stop_signal;
 #[allow(clippy::module_inception)]
 mod supervisor;
 

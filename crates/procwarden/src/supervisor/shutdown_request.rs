@@ -46,7 +46,7 @@ impl ShutdownRequest {
         let Some(run) = lock(&self.first).take().and_then(|run| run.upgrade()) else {
             return Delivery::Message;
         };
-        run.stop.request();
+        run.signals.request_stop();
         // Polled once more even if it does not wait for its token, so that it pokes.
         run.wake_task();
         // A run in the middle of a poll may be blocking its thread, and then would never tell

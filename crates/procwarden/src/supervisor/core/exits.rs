@@ -26,7 +26,7 @@ impl Core {
         let slot = &mut self.slots[key];
         // A reload request the run did not take is its next run's.
         if let Some(run) = slot.live.take() {
-            slot.reload |= run.run().reload.is_pending();
+            slot.reload |= run.run().signals.is_reload_pending();
         }
         let order = slot.order(key);
         self.live_order.remove(&order);

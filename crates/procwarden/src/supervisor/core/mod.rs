@@ -460,7 +460,7 @@ impl Drop for Core {
         for (_, slot) in &self.slots {
             if let Some(live) = &slot.live {
                 live.run().abort();
-                live.run().stop.request();
+                live.run().signals.request_stop();
             }
         }
     }

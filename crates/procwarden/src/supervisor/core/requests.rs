@@ -108,7 +108,7 @@ impl Core {
                 State::Stopping(_) | State::Stopped => false,
             };
             match &slot.live {
-                Some(live) if will_see_it && slot.is_up() => live.run().reload.request(),
+                Some(live) if will_see_it && slot.is_up() => live.run().signals.request_reload(),
                 _ => slot.reload |= will_see_it,
             }
         }

@@ -122,7 +122,7 @@ impl Core {
         }
         for (_, slot) in &self.slots {
             if let Some(live) = &slot.live {
-                live.run().stop.request();
+                live.run().signals.request_stop();
             }
         }
     }

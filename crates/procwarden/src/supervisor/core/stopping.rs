@@ -73,7 +73,7 @@ impl Core {
                     .push_back((key, slot.generation, ExitReason::Aborted));
             }
             Shutdown::Timeout(grace) => {
-                live.run().stop.request();
+                live.run().signals.request_stop();
                 // A run whose exit is already on its way has no grace period left to watch:
                 // typically the one a handle stopped directly, whose exit woke this loop.
                 if !live.run().is_reported() {
@@ -85,7 +85,7 @@ impl Core {
                     });
                 }
             }
-            Shutdown::Infinity => live.run().stop.request(),
+            Shutdown::Infinity => live.run().signals.request_stop(),
         }
         self.emit(key, || EventKind::Stopping);
     }

@@ -21,7 +21,7 @@
 //!
 //! Output: one JSON object per line and measurement, then a summary table with the ratios and
 //! the targets. `cargo bench -p procwarden --bench supervisor`; `PROCWARDEN_BENCH_N` (default
-//! 100000), `PROCWARDEN_BENCH_ITERS` (default 500) and `PROCWARDEN_BENCH_REPS` (default 3)
+//! 100000), `PROCWARDEN_BENCH_ITERS` (default 500) and `PROCWARDEN_BENCH_REPS` (default 5)
 //! shrink or grow it. Run as a test (`cargo test --all-targets`), it does a quick smoke run.
 
 mod common;
@@ -213,7 +213,7 @@ impl Config {
         // `cargo bench` passes `--bench`; without it this is a test run: keep it quick.
         let bench = std::env::args().any(|arg| arg == "--bench");
         let (n, iters, reps) = if bench {
-            (100_000, 500, 3)
+            (100_000, 500, 5)
         } else {
             (2_000, 20, 1)
         };

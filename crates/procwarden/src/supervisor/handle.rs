@@ -1,7 +1,7 @@
 //! Controlling a running supervisor from anywhere.
 
 use std::any::Any;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -12,25 +12,43 @@ use super::spec::MessageType;
 use super::{ChildSpec, ChildStatus, Event, ExitReason, Subscription, SupervisorError};
 
 /// What all supervisors of one tree share.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Tree {
-    pub(crate) events: broadcast::Sender<Event>,
+    /// Made by the first subscriber: the channel's buffer is some 80 KiB, which a tree that no
+    /// one observes should not cost.
+    events: OnceLock<broadcast::Sender<Event>>,
 }
+
+/// How many events a subscriber may fall behind before it misses some.
+const EVENT_BUFFER: usize = 1024;
 
 impl Tree {
     pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Self {
-            events: broadcast::Sender::new(1024),
-        })
+        Arc::default()
+    }
+
+    /// Whether anyone listens for events.
+    pub(crate) fn is_observed(&self) -> bool {
+        self.events
+            .get()
+            .is_some_and(|events| events.receiver_count() > 0)
     }
 
     pub(crate) fn emit(&self, path: &Arc<str>, kind: impl FnOnce() -> super::EventKind) {
-        if self.events.receiver_count() > 0 {
-            let _ = self.events.send(Event {
+        if let Some(events) = self.events.get()
+            && events.receiver_count() > 0
+        {
+            let _ = events.send(Event {
                 path: Arc::clone(path),
                 kind: kind(),
             });
         }
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events
+            .get_or_init(|| broadcast::Sender::new(EVENT_BUFFER))
+            .subscribe()
     }
 }
 
@@ -200,7 +218,7 @@ impl SupervisorHandle {
     /// stops with no subscriber counts its children out without reporting each one.
     pub fn subscribe(&self) -> Subscription {
         Subscription {
-            receiver: self.tree.events.subscribe(),
+            receiver: self.tree.subscribe(),
             prefix: Arc::clone(&self.path),
         }
     }
@@ -250,5 +268,33 @@ impl SlotReport {
             }
             status
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::EventKind;
+
+    #[test]
+    fn a_tree_makes_its_event_channel_for_its_first_subscriber() {
+        let tree = Tree::new();
+        let path: Arc<str> = "root/a".into();
+        tree.emit(&path, || {
+            unreachable!("no one listens: the event is not even made")
+        });
+        assert!(tree.events.get().is_none());
+
+        let mut receiver = tree.subscribe();
+        assert!(tree.is_observed());
+        tree.emit(&path, || EventKind::Ready);
+        let event = receiver
+            .try_recv()
+            .expect("the event after the subscription");
+        assert_eq!(&*event.path, "root/a");
+        assert!(matches!(event.kind, EventKind::Ready));
+
+        drop(receiver);
+        assert!(!tree.is_observed());
     }
 }

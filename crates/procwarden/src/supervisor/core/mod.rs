@@ -226,7 +226,7 @@ impl Core {
         let span = tracing::info_span!("supervisor", path = %self.handle.path());
         async move {
             tracing::debug!("starting");
-            self.observed = self.handle.tree().events.receiver_count() > 0;
+            self.observed = self.handle.tree().is_observed();
             let first = self.definition.children.len();
             self.slots.reserve(first);
             // Made now rather than when the shutdown needs them, which is when time counts.
@@ -286,7 +286,7 @@ impl Core {
                         msg = self.receiver.recv() => msg,
                         () = tokio::task::yield_now() => None,
                     };
-                    self.observed = self.handle.tree().events.receiver_count() > 0;
+                    self.observed = self.handle.tree().is_observed();
                     self.handle_queued(first);
                     continue;
                 }
@@ -311,7 +311,7 @@ impl Core {
             };
             // Checked once per wake, not per event: whoever subscribed before this wake sees
             // everything it causes.
-            self.observed = self.handle.tree().events.receiver_count() > 0;
+            self.observed = self.handle.tree().is_observed();
             match wake {
                 Wake::Messages(first) => self.handle_queued(first),
                 Wake::Timer => {

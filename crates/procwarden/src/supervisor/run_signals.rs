@@ -11,8 +11,8 @@
 //! to the child's next run by its supervisor (see [`RunSignals::is_reload_pending`]), as is one
 //! made while no run was up.
 //!
-//! The two requests share their `Notify`, which is a run's largest field but one: a waiter for
-//! one request may be woken by the other, and then waits again.
+//! The two requests share one `Notify`, 32 bytes that every run would otherwise hold twice: a
+//! waiter for one request may be woken by the other, and then waits again.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering, fence};

@@ -147,7 +147,7 @@ impl MessageType {
     }
 }
 
-/// By type: two pointers to the function of one type may differ, when it was made twice.
+/// By type id, not by pointer: one type's function may be instantiated at more than one address.
 impl PartialEq for MessageType {
     fn eq(&self, other: &Self) -> bool {
         self.id() == other.id()

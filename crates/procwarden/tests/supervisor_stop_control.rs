@@ -1003,10 +1003,13 @@ async fn pools_whose_children_end_on_their_own_as_they_are_stopped_always_return
             ChildSpec::new(format!("w{i}"), move |ctx: Context| {
                 let (started, go) = (started.clone(), Arc::clone(&go));
                 async move {
+                    // Made before the child counts itself started: `notify_waiters` reaches a
+                    // `Notified` from when it is made, so no child misses the go.
+                    let go = go.notified();
                     started.up();
                     if i % 2 == 0 {
                         // Ends by itself, racing the stop; as temporary, it is not restarted.
-                        go.notified().await;
+                        go.await;
                         return Err(io::Error::other("done early"));
                     }
                     ctx.shutdown_requested().await;
@@ -1014,6 +1017,9 @@ async fn pools_whose_children_end_on_their_own_as_they_are_stopped_always_return
                 }
             })
             .restart(Restart::Temporary)
+            // No grace period to end it: a pool that lost track of an exit would hang, and the
+            // round would time out, rather than return after aborting the child.
+            .shutdown(Shutdown::Infinity)
         });
         let supervisor = Supervisor::builder("pool")
             .dynamic()

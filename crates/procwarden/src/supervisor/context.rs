@@ -391,3 +391,16 @@ impl std::fmt::Debug for Context {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run is one of a child's two allocations, like a task of the floor's: a pool of 100,000
+    /// should not grow it unnoticed.
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn a_run_is_at_most_192_bytes() {
+        assert!(std::mem::size_of::<Run>() <= 192);
+    }
+}

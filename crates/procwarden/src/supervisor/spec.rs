@@ -312,6 +312,31 @@ mod tests {
     }
 
     #[test]
+    fn a_spec_holds_a_backoff_only_when_it_is_not_the_default() {
+        let custom = Backoff::exponential(Duration::from_millis(1), Duration::from_millis(8));
+        let spec = ChildSpec::new("f", plain).backoff(custom);
+        assert_eq!(*spec.delays(), custom);
+        let default = ChildSpec::new("g", plain).backoff(Backoff::default());
+        assert!(default.backoff.is_none());
+        assert_eq!(*default.delays(), Backoff::default());
+    }
+
+    #[test]
+    fn message_types_are_equal_by_type() {
+        assert_eq!(MessageType::of::<u32>(), MessageType::of::<u32>());
+        assert_ne!(MessageType::of::<u32>(), MessageType::of::<i32>());
+        assert_eq!(MessageType::of::<u32>().name(), "u32");
+    }
+
+    /// Every child's spec is held for as long as its supervisor lives: 100,000 of them should
+    /// not grow unnoticed.
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn a_spec_is_at_most_104_bytes() {
+        assert!(std::mem::size_of::<ChildSpec>() <= 104);
+    }
+
+    #[test]
     fn a_zero_sized_function_with_a_drop_is_dropped() {
         static DROPS: AtomicUsize = AtomicUsize::new(0);
         struct Guard;

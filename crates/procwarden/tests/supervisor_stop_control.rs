@@ -1241,6 +1241,53 @@ async fn tasks_spawned_by_a_child_are_stopped_when_the_child_is_aborted() {
         .await;
 }
 
+/// On one thread, a run's task is dropped in the poll that ends it, before its supervisor hears
+/// of the exit: once `run()` returned, the run is over.
+#[tokio::test]
+async fn a_task_spawned_through_a_context_kept_past_its_run_is_dropped_without_running() {
+    let kept: Arc<Mutex<Option<Context>>> = Arc::default();
+    let once = ChildSpec::new("once", {
+        let kept = Arc::clone(&kept);
+        move |ctx: Context| {
+            let kept = Arc::clone(&kept);
+            async move {
+                *kept.lock().unwrap() = Some(ctx);
+                Ok::<(), io::Error>(())
+            }
+        }
+    })
+    .restart(Restart::Temporary);
+    let supervisor = Supervisor::builder("root").child(once).build().unwrap();
+    within(
+        "the supervisor to return once its child ended",
+        supervisor.run(),
+    )
+    .await
+    .expect("a child that ended for good ends the supervisor with Ok");
+
+    let ctx = kept
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the child kept its context");
+    let ran = Arc::new(AtomicBool::new(false));
+    let dropped = Arc::new(AtomicBool::new(false));
+    let guard = on_drop({
+        let dropped = Arc::clone(&dropped);
+        move || dropped.store(true, SeqCst)
+    });
+    ctx.spawn({
+        let ran = Arc::clone(&ran);
+        async move {
+            let _guard = guard;
+            ran.store(true, SeqCst);
+        }
+    });
+    assert!(dropped.load(SeqCst), "the task is dropped at once");
+    tokio::task::yield_now().await;
+    assert!(!ran.load(SeqCst), "and never runs");
+}
+
 #[tokio::test(start_paused = true)]
 async fn tasks_spawned_by_children_are_stopped_when_the_supervisor_is_aborted() {
     let baseline = tokio::runtime::Handle::current()

@@ -14,12 +14,8 @@ use super::{Core, SlotReport, StatusReport};
 
 impl Core {
     pub(super) fn remove(&mut self, name: &str, reply: Reply<ExitReason>) {
-        let key = match self.changeable(name) {
-            Ok(key) => key,
-            Err(err) => {
-                let _ = reply.send(Err(err));
-                return;
-            }
+        let Some((key, reply)) = self.changeable(name, reply) else {
+            return;
         };
         let slot = &mut self.slots[key];
         match &mut slot.state {
@@ -45,12 +41,8 @@ impl Core {
     }
 
     pub(super) fn restart_on_demand(&mut self, name: &str, reply: Reply<()>) {
-        let key = match self.changeable(name) {
-            Ok(key) => key,
-            Err(err) => {
-                let _ = reply.send(Err(err));
-                return;
-            }
+        let Some((key, reply)) = self.changeable(name, reply) else {
+            return;
         };
         let slot = &mut self.slots[key];
         match slot.state {
@@ -77,14 +69,23 @@ impl Core {
         }
     }
 
-    /// The key of the child named `name`, if it may be removed or restarted now: it exists, and
-    /// the supervisor is not stopping.
-    fn changeable(&self, name: &str) -> Result<usize, SupervisorError> {
-        let key = self.key_of(name)?;
-        if self.shutting_down() {
-            return Err(self.stopping_error(name));
+    /// The key of the child named `name`, with `reply` to answer later, if it may be removed or
+    /// restarted now: it exists, and the supervisor is not stopping. If not, `reply` is told why.
+    fn changeable<T>(&self, name: &str, reply: Reply<T>) -> Option<(usize, Reply<T>)> {
+        let checked = self.key_of(name).and_then(|key| {
+            if self.shutting_down() {
+                Err(self.stopping_error(name))
+            } else {
+                Ok(key)
+            }
+        });
+        match checked {
+            Ok(key) => Some((key, reply)),
+            Err(err) => {
+                let _ = reply.send(Err(err));
+                None
+            }
         }
-        Ok(key)
     }
 
     fn stopping_error(&self, child: &str) -> SupervisorError {

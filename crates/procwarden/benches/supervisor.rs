@@ -1126,6 +1126,16 @@ fn main() {
         json_opt(load_start),
         json_opt(load_end)
     );
+    match std::env::var("GLIBC_TUNABLES") {
+        Ok(tunables) => println!(
+            "Allocator: GLIBC_TUNABLES={tunables}, for the floor and procwarden alike (see the \
+             README for what it shows)."
+        ),
+        Err(_) => println!(
+            "Allocator: glibc's defaults; between repetitions it hands freed heap back to the \
+             kernel and faults it in again (see the README)."
+        ),
+    }
     println!();
     println!("References (peers.md, measured elsewhere, NOT in this run):");
     println!(

@@ -240,10 +240,7 @@ impl Core {
             if self.definition.dynamic {
                 self.start_burst(&keys);
             } else {
-                for key in keys {
-                    self.queue_start(key);
-                }
-                self.pump();
+                self.start_in_order(keys);
             }
             let outcome = self.event_loop().await;
             match &outcome {

@@ -67,6 +67,19 @@ impl Core {
         }
     }
 
+    /// Starts the first children in order as far as readiness allows, and queues the rest. A
+    /// child that can start at once never enters the start queue: a supervisor whose children
+    /// do not report readiness allocates none, and has none to free when it stops.
+    pub(super) fn start_in_order(&mut self, keys: Vec<usize>) {
+        for key in keys {
+            if self.pending.is_empty() && self.unready.is_empty() {
+                self.start(key);
+            } else {
+                self.queue_start(key);
+            }
+        }
+    }
+
     /// Starts waiting children in order, as far as readiness allows.
     pub(super) fn pump(&mut self) {
         while let Some(&(seq, key)) = self.pending.first() {

@@ -8,9 +8,10 @@
 //!    `TaskTracker`, spawned and joined by the measuring task. procwarden: a dynamic pool with
 //!    100,000 `ChildSpec`s, each waiting on `ctx.shutdown_requested()`, its `run()` awaited by the
 //!    measuring task (as `run_until_signal().await` in a `main` runs it); secondarily, the same
-//!    on a task of its own (`Supervisor::spawn`), and the same 100,000 added at run time with
-//!    `SupervisorHandle::add`. Measured: spawn to all running (every child counts itself when
-//!    first polled, the last one notifies), stop request to joined, and live heap per child.
+//!    on a task of its own (`Supervisor::spawn`), and the same 100,000 added at run time, with
+//!    `SupervisorHandle::add` one by one and in one `add_all`. Measured: spawn to all running
+//!    (every child counts itself when first polled, the last one notifies), stop request to
+//!    joined, and live heap per child.
 //! 2. **One child, stop latency.** `handle.shutdown()` to `run()` returned, against cancel to a
 //!    task's `JoinHandle` resolved. `run()` is awaited by the caller's own task, as the floor's
 //!    caller awaits its task: in both, one task stops and one wakes. Secondarily, the same
@@ -422,7 +423,16 @@ fn procwarden_pool(n: usize, driven: Driven) -> Pool {
     })
 }
 
-fn procwarden_pool_add(n: usize) -> Pool {
+/// How the children of [`procwarden_pool_add`] are added.
+#[derive(Clone, Copy)]
+enum Adding {
+    /// One `add().await` after the other, as a caller adds them as they come.
+    OneByOne,
+    /// All in one `add_all`.
+    InOneBatch,
+}
+
+fn procwarden_pool_add(n: usize, adding: Adding) -> Pool {
     on_runtime(async move {
         let supervisor = Supervisor::builder("pool")
             .dynamic()
@@ -441,10 +451,17 @@ fn procwarden_pool_add(n: usize) -> Pool {
 
         let t0 = Stopwatch::start();
         // `drain` keeps the vector's buffer, so that freeing it does not count against the pool.
-        for spec in specs.drain(..) {
-            bounded("procwarden: add", handle.add(spec))
+        match adding {
+            Adding::OneByOne => {
+                for spec in specs.drain(..) {
+                    bounded("procwarden: add", handle.add(spec))
+                        .await
+                        .unwrap_or_else(|err| fail(&format!("add: {err}")));
+                }
+            }
+            Adding::InOneBatch => bounded("procwarden: add_all", handle.add_all(specs.drain(..)))
                 .await
-                .unwrap_or_else(|err| fail(&format!("add: {err}")));
+                .unwrap_or_else(|err| fail(&format!("add_all: {err}"))),
         }
         let adds = t0.stop().wall;
         bounded(
@@ -900,8 +917,8 @@ fn main() {
     // machine hit all three alike.
     let _ = floor_pool(cfg.n);
     let _ = procwarden_pool(cfg.n, Driven::InPlace);
-    let (mut floor, mut built, mut spawned, mut added) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut floor, mut built, mut spawned, mut added, mut batched) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for rep in 0..cfg.reps {
         let f = floor_pool(cfg.n);
         print_pool("pool", "floor", rep, &f);
@@ -912,9 +929,12 @@ fn main() {
         let s = procwarden_pool(cfg.n, Driven::Spawned);
         print_pool("pool_spawned", "procwarden", rep, &s);
         spawned.push(s);
-        let a = procwarden_pool_add(cfg.n);
+        let a = procwarden_pool_add(cfg.n, Adding::OneByOne);
         print_pool("pool_add", "procwarden", rep, &a);
         added.push(a);
+        let b = procwarden_pool_add(cfg.n, Adding::InOneBatch);
+        print_pool("pool_add_all", "procwarden", rep, &b);
+        batched.push(b);
     }
 
     // 2. One child, stop latency.
@@ -950,11 +970,13 @@ fn main() {
     let (p_start, p_stop) = (wall(&built, start), wall(&built, stop));
     let (s_start, s_stop) = (wall(&spawned, start), wall(&spawned, stop));
     let (a_start, a_stop) = (wall(&added, start), wall(&added, stop));
+    let b_start = wall(&batched, start);
     let (f_start_cpu, f_stop_cpu) = (cpu(&floor, start), cpu(&floor, stop));
     let (p_start_cpu, p_stop_cpu) = (cpu(&built, start), cpu(&built, stop));
     let f_bytes = median_by(&floor, |p| p.heap.bytes);
     let p_bytes = median_by(&built, |p| p.heap.bytes);
     let a_bytes = median_by(&added, |p| p.heap.bytes);
+    let b_bytes = median_by(&batched, |p| p.heap.bytes);
     let f_allocs = median_by(&floor, |p| p.heap.live_allocs);
     let p_allocs = median_by(&built, |p| p.heap.live_allocs);
     let a_each = median_by(&added, |p| us(p.adds.unwrap_or_default()) / n as f64);
@@ -1062,6 +1084,18 @@ fn main() {
             format!("{a_bytes:.0} B"),
         )
         .ratio(f_bytes, a_bytes, None),
+        Row::new(
+            format!("{n} in one add_all: start"),
+            format!("{f_start:.1} ms"),
+            format!("{b_start:.1} ms"),
+        )
+        .ratio(f_start, b_start, None),
+        Row::new(
+            format!("{n} in one add_all: heap/child"),
+            format!("{f_bytes:.0} B"),
+            format!("{b_bytes:.0} B"),
+        )
+        .ratio(f_bytes, b_bytes, None),
         Row::new(
             "one add (round trip, one caller)",
             String::new(),

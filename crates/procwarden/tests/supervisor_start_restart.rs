@@ -463,6 +463,88 @@ async fn children_added_before_and_while_running_start_after_the_others() {
     assert_eq!(entries, ["start:a#1", "start:b#1", "stop:a#1", "stop:b#1"]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_added_at_run_time_starts_in_order_after_the_others() {
+    let (log, mut reader) = log();
+    let ready = |name| scripted(name, &log, |_| Then::Serve).0.reports_ready();
+    let supervisor = Supervisor::builder("root")
+        .child(ready("a"))
+        .build()
+        .unwrap();
+    let handle = supervisor.handle();
+    let running = supervisor.spawn();
+    assert_eq!(reader.take(1).await, ["start:a#1"]);
+
+    within(
+        "the batch",
+        handle.add_all([ready("b"), ready("c"), ready("d")]),
+    )
+    .await
+    .unwrap();
+    // Each logs before it reports ready, so a child that started early would log early.
+    assert_eq!(
+        reader.take(3).await,
+        ["start:b#1", "start:c#1", "start:d#1"]
+    );
+    let tree = status(&handle).await;
+    assert_eq!(names(&tree), ["a", "b", "c", "d"]);
+    assert_eq!(node(&tree, "c").path.as_ref(), "root/c");
+
+    handle.shutdown();
+    finish(running).await.unwrap();
+    assert_eq!(
+        reader.take(4).await,
+        ["stop:d#1", "stop:c#1", "stop:b#1", "stop:a#1"]
+    );
+}
+
+#[tokio::test]
+async fn a_batch_with_one_refused_child_adds_none_of_it() {
+    let (log, mut reader) = log();
+    let (w0, _) = scripted("w0", &log, |_| Then::Serve);
+    let supervisor = Supervisor::builder("pool")
+        .dynamic()
+        .child(w0)
+        .build()
+        .unwrap();
+    let handle = supervisor.handle();
+    let running = supervisor.spawn();
+    assert_eq!(reader.take(1).await, ["start:w0#1"]);
+
+    let (x1, runs_x1) = scripted("x1", &log, |_| Then::Serve);
+    let (x2, runs_x2) = scripted("x2", &log, |_| Then::Serve);
+    let (w0_again, _) = scripted("w0", &log, |_| Then::Serve);
+    let (bad, _) = scripted("no/slash", &log, |_| Then::Serve);
+    let taken = handle.add_all([x1.clone(), w0_again]).await.unwrap_err();
+    assert!(
+        matches!(&taken, SupervisorError::DuplicateName { path } if path == "pool/w0"),
+        "{taken:?}"
+    );
+    let twice = handle.add_all([x1.clone(), x1.clone()]).await.unwrap_err();
+    assert!(
+        matches!(&twice, SupervisorError::DuplicateName { path } if path == "pool/x1"),
+        "{twice:?}"
+    );
+    let invalid = handle.add_all([x1.clone(), bad]).await.unwrap_err();
+    assert!(
+        matches!(&invalid, SupervisorError::InvalidName { name, .. } if name == "no/slash"),
+        "{invalid:?}"
+    );
+    assert_eq!(names(&status(&handle).await), ["w0"]);
+    assert_eq!(runs_x1.get(), 0, "a refused batch ran a child");
+
+    within("nothing to add", handle.add_all([])).await.unwrap();
+    within("the batch", handle.add_all([x1, x2])).await.unwrap();
+    let mut started = reader.take(2).await;
+    started.sort();
+    assert_eq!(started, ["start:x1#1", "start:x2#1"]);
+    assert_eq!(names(&status(&handle).await), ["w0", "x1", "x2"]);
+
+    handle.shutdown();
+    finish(running).await.unwrap();
+    assert_eq!((runs_x1.get(), runs_x2.get()), (1, 1));
+}
+
 #[tokio::test]
 async fn remove_stops_the_child_and_returns_why_it_ended() {
     let (log, mut reader) = log();

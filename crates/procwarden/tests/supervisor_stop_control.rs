@@ -1454,7 +1454,7 @@ async fn a_child_added_while_the_supervisor_stops_is_refused_and_never_runs() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_pool_refuses_a_child_added_right_after_shutdown() {
+async fn a_pool_refuses_children_added_right_after_shutdown() {
     let started = Counter::new();
     let runs = Arc::new(AtomicUsize::new(0));
     let supervisor = Supervisor::builder("pool")
@@ -1473,7 +1473,12 @@ async fn a_pool_refuses_a_child_added_right_after_shutdown() {
             async move { Ok::<(), io::Error>(()) }
         })
     };
-    let err = handle.add(late).await.unwrap_err();
+    let err = handle.add(late.clone()).await.unwrap_err();
+    assert!(
+        matches!(&err, SupervisorError::Stopping { path, child } if path == "pool" && child == "late"),
+        "{err:?}"
+    );
+    let err = handle.add_all([late.clone(), late]).await.unwrap_err();
     assert!(
         matches!(&err, SupervisorError::Stopping { path, child } if path == "pool" && child == "late"),
         "{err:?}"

@@ -135,6 +135,51 @@ impl SupervisorHandle {
         self.ask(|reply| Msg::Add { spec, reply }).await
     }
 
+    /// Adds several children at the end of the start order, in one exchange with the
+    /// supervisor rather than one each, and starts them as [`add`](Self::add) does: a pool
+    /// starts them all at once. Resolves once they are accepted.
+    ///
+    /// All or none: if one of them is refused — for a bad name, a name already taken or taken
+    /// earlier in the batch, or because the supervisor stops — none is added, and the error
+    /// names the first refused. Adding no children succeeds at once.
+    ///
+    /// ```
+    /// use procwarden::{ChildSpec, Supervisor};
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let supervisor = Supervisor::builder("pool").dynamic().build()?;
+    /// let handle = supervisor.handle();
+    /// let running = tokio::spawn(supervisor.run());
+    ///
+    /// let worker = |name: String| {
+    ///     ChildSpec::new(name, |ctx| async move {
+    ///         ctx.shutdown_requested().await;
+    ///         Ok::<(), std::io::Error>(())
+    ///     })
+    /// };
+    /// handle.add_all((0..3).map(|i| worker(format!("w{i}")))).await?;
+    /// assert_eq!(handle.status().await?.children.len(), 3);
+    ///
+    /// // "w1" is taken: neither child is added.
+    /// assert!(handle.add_all([worker("w3".into()), worker("w1".into())]).await.is_err());
+    /// assert_eq!(handle.status().await?.children.len(), 3);
+    ///
+    /// handle.shutdown();
+    /// running.await.unwrap()?;
+    /// # Ok::<(), procwarden::SupervisorError>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn add_all(
+        &self,
+        specs: impl IntoIterator<Item = ChildSpec>,
+    ) -> Result<(), SupervisorError> {
+        let specs: Vec<ChildSpec> = specs.into_iter().collect();
+        if specs.is_empty() {
+            return Ok(());
+        }
+        self.ask(|reply| Msg::AddAll { specs, reply }).await
+    }
+
     /// Stops the child gracefully, removes it, and returns why its last run ended.
     pub async fn remove(&self, name: &str) -> Result<ExitReason, SupervisorError> {
         let name = name.to_owned();

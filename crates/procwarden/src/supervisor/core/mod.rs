@@ -49,6 +49,10 @@ pub(crate) enum Msg {
         spec: Box<ChildSpec>,
         reply: Reply<()>,
     },
+    AddAll {
+        specs: Vec<ChildSpec>,
+        reply: Reply<()>,
+    },
     Remove {
         name: String,
         reply: Reply<ExitReason>,
@@ -354,6 +358,9 @@ impl Core {
             } => self.exits.push_back((key, generation, reason)),
             Msg::Add { spec, reply } => {
                 let _ = reply.send(self.add(spec));
+            }
+            Msg::AddAll { specs, reply } => {
+                let _ = reply.send(self.add_all(specs));
             }
             Msg::Remove { name, reply } => self.remove(&name, reply),
             Msg::Restart { name, reply } => self.restart_on_demand(&name, reply),

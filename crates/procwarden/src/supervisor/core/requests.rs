@@ -88,7 +88,7 @@ impl Core {
         }
     }
 
-    fn stopping_error(&self, child: &str) -> SupervisorError {
+    pub(super) fn stopping_error(&self, child: &str) -> SupervisorError {
         SupervisorError::Stopping {
             path: self.handle.path().to_owned(),
             child: child.to_owned(),

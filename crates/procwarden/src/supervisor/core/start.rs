@@ -1,5 +1,6 @@
 //! Adding children, starting their runs in order, and readiness.
 
+use std::collections::HashSet;
 use std::mem;
 use std::sync::Arc;
 
@@ -13,17 +14,32 @@ use super::slot::{Slot, State};
 use super::timer::{Kind, Timer};
 
 impl Core {
-    /// Gives a child added at run time its slot; its name must already be valid.
-    pub(super) fn insert(&mut self, spec: Box<ChildSpec>) -> Result<usize, SupervisorError> {
-        if self.find(&spec.name).is_some() {
-            return Err(SupervisorError::DuplicateName {
-                path: format!("{}/{}", self.handle.path(), spec.name),
-            });
+    /// Checks that a child may be added at run time under `name`: the supervisor is not
+    /// stopping, and the name is valid and not taken.
+    fn check_addable(&self, name: &str) -> Result<(), SupervisorError> {
+        if self.shutting_down() {
+            return Err(self.stopping_error(name));
         }
+        name::validate(name)?;
+        if self.find(name).is_some() {
+            return Err(self.duplicate_error(name));
+        }
+        Ok(())
+    }
+
+    fn duplicate_error(&self, name: &str) -> SupervisorError {
+        SupervisorError::DuplicateName {
+            path: format!("{}/{}", self.handle.path(), name),
+        }
+    }
+
+    /// Gives a child added at run time its slot, once [`check_addable`](Self::check_addable)
+    /// has passed.
+    fn insert_added(&mut self, spec: Box<ChildSpec>) -> usize {
         let name = spec.name.clone();
         let key = self.insert_slot(Some(spec));
         self.names.insert(name, key);
-        Ok(key)
+        key
     }
 
     /// Gives a child its slot: one added at run time with its own spec, or else the next of the
@@ -42,16 +58,39 @@ impl Core {
     }
 
     pub(super) fn add(&mut self, spec: Box<ChildSpec>) -> Result<(), SupervisorError> {
-        if self.shutting_down() {
-            return Err(SupervisorError::Stopping {
-                path: self.handle.path().to_owned(),
-                child: spec.name.to_string(),
-            });
-        }
-        name::validate(&spec.name)?;
-        let key = self.insert(spec)?;
+        self.check_addable(&spec.name)?;
+        let key = self.insert_added(spec);
         self.queue_start(key);
         self.pump();
+        Ok(())
+    }
+
+    /// Adds children at run time, all or none: every name is checked, against the children
+    /// there and those before it in the batch, before any child is added. A pool starts them
+    /// in one burst, as it does its first children.
+    pub(super) fn add_all(&mut self, specs: Vec<ChildSpec>) -> Result<(), SupervisorError> {
+        let mut batch = HashSet::with_capacity(specs.len());
+        for spec in &specs {
+            self.check_addable(&spec.name)?;
+            if !batch.insert(&*spec.name) {
+                return Err(self.duplicate_error(&spec.name));
+            }
+        }
+        drop(batch);
+        self.slots.reserve(specs.len());
+        self.names.reserve(specs.len());
+        let keys: Vec<usize> = specs
+            .into_iter()
+            .map(|spec| self.insert_added(Box::new(spec)))
+            .collect();
+        if self.definition.dynamic {
+            self.start_burst(&keys);
+        } else {
+            for key in keys {
+                self.queue_start(key);
+            }
+            self.pump();
+        }
         Ok(())
     }
 

@@ -11,7 +11,10 @@
 //!    on a task of its own (`Supervisor::spawn`), and the same 100,000 added at run time, with
 //!    `SupervisorHandle::add` one by one and in one `add_all`. Measured: spawn to all running
 //!    (every child counts itself when first polled, the last one notifies), stop request to
-//!    joined, and live heap per child.
+//!    joined, and live heap per child. Each of these measurements runs in a new process of this
+//!    program, so that each starts from a fresh heap, as a program's supervisor does; then the
+//!    floor and the pool are also measured repeatedly in this one process, where what the
+//!    allocator kept from one repetition weighs on the next (see the README).
 //! 2. **One child, stop latency.** `handle.shutdown()` to `run()` returned, against cancel to a
 //!    task's `JoinHandle` resolved. `run()` is awaited by the caller's own task, as the floor's
 //!    caller awaits its task: in both, one task stops and one wakes. Secondarily, the same
@@ -488,6 +491,167 @@ fn procwarden_pool_add(n: usize, adding: Adding) -> Pool {
     })
 }
 
+// ---- one pool measurement per process ----------------------------------------------------------
+
+/// Which of the 100,000-children measurements a process makes.
+#[derive(Clone, Copy, PartialEq)]
+enum PoolKind {
+    Floor,
+    InPlace,
+    Spawned,
+    Added,
+    AddedInOneBatch,
+}
+
+impl PoolKind {
+    const ALL: [PoolKind; 5] = [
+        PoolKind::Floor,
+        PoolKind::InPlace,
+        PoolKind::Spawned,
+        PoolKind::Added,
+        PoolKind::AddedInOneBatch,
+    ];
+
+    fn arg(self) -> &'static str {
+        match self {
+            PoolKind::Floor => "floor",
+            PoolKind::InPlace => "in-place",
+            PoolKind::Spawned => "spawned",
+            PoolKind::Added => "added",
+            PoolKind::AddedInOneBatch => "added-in-one-batch",
+        }
+    }
+
+    fn from_arg(arg: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.arg() == arg)
+    }
+
+    fn measure(self, n: usize) -> Pool {
+        match self {
+            PoolKind::Floor => floor_pool(n),
+            PoolKind::InPlace => procwarden_pool(n, Driven::InPlace),
+            PoolKind::Spawned => procwarden_pool(n, Driven::Spawned),
+            PoolKind::Added => procwarden_pool_add(n, Adding::OneByOne),
+            PoolKind::AddedInOneBatch => procwarden_pool_add(n, Adding::InOneBatch),
+        }
+    }
+}
+
+/// The argument that makes this program one measurement's process.
+const POOL_ARG: &str = "--pool-measurement";
+
+/// Measures `kind` in a new process of this program: each start then begins from the same
+/// state, a fresh heap, as a program's supervisor does, whatever the measurements before it
+/// left behind (glibc keeps some freed heap for the next allocations and hands the rest back to
+/// the kernel, depending on what the process did before).
+fn pool_in_own_process(kind: PoolKind, n: usize) -> Pool {
+    let exe = std::env::current_exe().unwrap_or_else(|err| fail(&format!("current_exe: {err}")));
+    let output = std::process::Command::new(exe)
+        .args([POOL_ARG, kind.arg(), &n.to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|err| fail(&format!("start the {} measurement: {err}", kind.arg())));
+    if !output.status.success() {
+        fail(&format!(
+            "the {} measurement's process {}",
+            kind.arg(),
+            output.status
+        ));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    Pool::parse(text.trim()).unwrap_or_else(|| {
+        fail(&format!(
+            "the {} measurement's process printed {text:?}",
+            kind.arg()
+        ))
+    })
+}
+
+/// In a measurement's process (see [`pool_in_own_process`]): measures and prints the result.
+fn pool_measurement_process(args: &[String]) {
+    let (kind, n) = match args {
+        [kind, n] => (PoolKind::from_arg(kind), n.parse().ok()),
+        _ => (None, None),
+    };
+    let (Some(kind), Some(n)) = (kind, n) else {
+        fail(&format!(
+            "usage: {POOL_ARG} <floor|in-place|...> <n>, not {args:?}"
+        ));
+    };
+    println!("{}", kind.measure(n).to_line());
+}
+
+impl Pool {
+    /// The measurement as one line of numbers (nanoseconds, bytes; -1 for none), for
+    /// [`Pool::parse`].
+    fn to_line(&self) -> String {
+        let nanos = |d: Option<Duration>| d.map_or(-1, |d| d.as_nanos() as i128);
+        let spec = self.spec_heap;
+        format!(
+            "{} {} {} {} {} {} {} {} {} {} {} {}",
+            self.n,
+            nanos(Some(self.start.wall)),
+            nanos(self.start.cpu),
+            nanos(Some(self.stop.wall)),
+            nanos(self.stop.cpu),
+            nanos(self.adds),
+            self.heap.bytes,
+            self.heap.live_allocs,
+            self.heap.alloc_calls,
+            spec.map_or(f64::NAN, |s| s.bytes),
+            spec.map_or(f64::NAN, |s| s.live_allocs),
+            spec.map_or(f64::NAN, |s| s.alloc_calls),
+        )
+    }
+
+    fn parse(line: &str) -> Option<Self> {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let [
+            n,
+            start,
+            start_cpu,
+            stop,
+            stop_cpu,
+            adds,
+            bytes,
+            allocs,
+            calls,
+            s_bytes,
+            s_allocs,
+            s_calls,
+        ] = fields[..]
+        else {
+            return None;
+        };
+        let nanos = |field: &str| -> Option<Option<Duration>> {
+            let value: i128 = field.parse().ok()?;
+            Some((value >= 0).then(|| Duration::from_nanos(value as u64)))
+        };
+        let per_child = |bytes: &str, allocs: &str, calls: &str| -> Option<PerChild> {
+            Some(PerChild {
+                bytes: bytes.parse().ok()?,
+                live_allocs: allocs.parse().ok()?,
+                alloc_calls: calls.parse().ok()?,
+            })
+        };
+        let spec = per_child(s_bytes, s_allocs, s_calls)?;
+        Some(Pool {
+            n: n.parse().ok()?,
+            start: Phase {
+                wall: nanos(start)??,
+                cpu: nanos(start_cpu)?,
+            },
+            stop: Phase {
+                wall: nanos(stop)??,
+                cpu: nanos(stop_cpu)?,
+            },
+            adds: nanos(adds)?,
+            heap: per_child(bytes, allocs, calls)?,
+            spec_heap: (!spec.bytes.is_nan()).then_some(spec),
+        })
+    }
+}
+
 async fn joined(
     what: &str,
     running: tokio::task::JoinHandle<Result<(), procwarden::SupervisorError>>,
@@ -890,6 +1054,11 @@ fn print_table(rows: &[Row]) {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(at) = args.iter().position(|arg| arg == POOL_ARG) {
+        pool_measurement_process(&args[at + 1..]);
+        return;
+    }
     let cfg = Config::from_env();
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     let load_start = load_average();
@@ -912,29 +1081,36 @@ fn main() {
         json_opt(load_start)
     );
 
-    // 1. 100,000 at once. One unrecorded round first (the first use of the heap and the
-    // threads is slower for whoever goes first), then rounds interleaved so that drifts in the
-    // machine hit all three alike.
-    let _ = floor_pool(cfg.n);
-    let _ = procwarden_pool(cfg.n, Driven::InPlace);
+    // 1. 100,000 at once, each measurement in a process of its own, in rounds interleaved so
+    // that drifts in the machine hit all alike.
     let (mut floor, mut built, mut spawned, mut added, mut batched) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for rep in 0..cfg.reps {
+        for kind in PoolKind::ALL {
+            let pool = pool_in_own_process(kind, cfg.n);
+            let (bench, imp, into) = match kind {
+                PoolKind::Floor => ("pool", "floor", &mut floor),
+                PoolKind::InPlace => ("pool", "procwarden", &mut built),
+                PoolKind::Spawned => ("pool_spawned", "procwarden", &mut spawned),
+                PoolKind::Added => ("pool_add", "procwarden", &mut added),
+                PoolKind::AddedInOneBatch => ("pool_add_all", "procwarden", &mut batched),
+            };
+            print_pool(bench, imp, rep, &pool);
+            into.push(pool);
+        }
+    }
+    // The same start and stop repeated in this one process, where what the allocator kept
+    // from one repetition decides much of the next one's cost. One unrecorded round first.
+    let _ = floor_pool(cfg.n);
+    let _ = procwarden_pool(cfg.n, Driven::InPlace);
+    let (mut floor_repeated, mut built_repeated) = (Vec::new(), Vec::new());
+    for rep in 0..cfg.reps {
         let f = floor_pool(cfg.n);
-        print_pool("pool", "floor", rep, &f);
-        floor.push(f);
+        print_pool("pool_repeated", "floor", rep, &f);
+        floor_repeated.push(f);
         let p = procwarden_pool(cfg.n, Driven::InPlace);
-        print_pool("pool", "procwarden", rep, &p);
-        built.push(p);
-        let s = procwarden_pool(cfg.n, Driven::Spawned);
-        print_pool("pool_spawned", "procwarden", rep, &s);
-        spawned.push(s);
-        let a = procwarden_pool_add(cfg.n, Adding::OneByOne);
-        print_pool("pool_add", "procwarden", rep, &a);
-        added.push(a);
-        let b = procwarden_pool_add(cfg.n, Adding::InOneBatch);
-        print_pool("pool_add_all", "procwarden", rep, &b);
-        batched.push(b);
+        print_pool("pool_repeated", "procwarden", rep, &p);
+        built_repeated.push(p);
     }
 
     // 2. One child, stop latency.
@@ -971,6 +1147,8 @@ fn main() {
     let (s_start, s_stop) = (wall(&spawned, start), wall(&spawned, stop));
     let (a_start, a_stop) = (wall(&added, start), wall(&added, stop));
     let b_start = wall(&batched, start);
+    let (fr_start, fr_stop) = (wall(&floor_repeated, start), wall(&floor_repeated, stop));
+    let (pr_start, pr_stop) = (wall(&built_repeated, start), wall(&built_repeated, stop));
     let (f_start_cpu, f_stop_cpu) = (cpu(&floor, start), cpu(&floor, stop));
     let (p_start_cpu, p_stop_cpu) = (cpu(&built, start), cpu(&built, stop));
     let f_bytes = median_by(&floor, |p| p.heap.bytes);
@@ -992,6 +1170,7 @@ fn main() {
          \"floor_heap_bytes_per_child\":{f_bytes:.1},\"one_child_stop_ratio\":{:.3},\
          \"start_spawned_ratio\":{:.3},\"stop_spawned_ratio\":{:.3},\
          \"one_child_stop_spawned_ratio\":{:.3},\"failure_to_restart_ratio\":{:.3},\
+         \"start_repeated_ratio\":{:.3},\"stop_repeated_ratio\":{:.3},\
          \"start_ok\":{start_ok},\"stop_ok\":{stop_ok},\
          \"heap_ok\":{heap_ok},\"one_child_stop_ok\":{one_ok},\"loadavg1_start\":{},\
          \"loadavg1_end\":{}}}",
@@ -1004,6 +1183,8 @@ fn main() {
         s_stop / f_stop,
         us(spawned_stop.median) / us(floor_stop.median),
         us(pw_restart.median) / us(floor_restart.median),
+        pr_start / fr_start,
+        pr_stop / fr_stop,
         json_opt(load_start),
         json_opt(load_end),
     );
@@ -1054,6 +1235,18 @@ fn main() {
         );
     }
     rows.extend([
+        Row::new(
+            format!("{n} start, repeated in one process"),
+            format!("{fr_start:.1} ms"),
+            format!("{pr_start:.1} ms"),
+        )
+        .ratio(fr_start, pr_start, None),
+        Row::new(
+            format!("{n} stop, repeated in one process"),
+            format!("{fr_stop:.1} ms"),
+            format!("{pr_stop:.1} ms"),
+        )
+        .ratio(fr_stop, pr_stop, None),
         Row::new(
             format!("{n} spawned: start"),
             format!("{f_start:.1} ms"),
@@ -1135,8 +1328,9 @@ fn main() {
 
     println!();
     println!(
-        "Summary: {} reps of {n} for the pool rows (medians), {} iterations for latencies. \
-         Floor = bare tokio measured in this run, same runtime (multi-thread, 2 workers).",
+        "Summary: {} reps of {n} for the pool rows (medians; each in a process of its own, \
+         except the rows repeated in one process), {} iterations for latencies. Floor = bare \
+         tokio measured in this run, same runtime (multi-thread, 2 workers).",
         cfg.reps, cfg.iters
     );
     print_table(&rows);
@@ -1166,8 +1360,9 @@ fn main() {
              README for what it shows)."
         ),
         Err(_) => println!(
-            "Allocator: glibc's defaults; between repetitions it hands freed heap back to the \
-             kernel and faults it in again (see the README)."
+            "Allocator: glibc's defaults. Repeated in one process, a start costs what the \
+             allocator did not keep from the last one: freed heap handed back to the kernel is \
+             faulted in again (see the README)."
         ),
     }
     println!();

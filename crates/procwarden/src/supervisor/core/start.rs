@@ -86,10 +86,7 @@ impl Core {
         if self.definition.dynamic {
             self.start_burst(&keys);
         } else {
-            for key in keys {
-                self.queue_start(key);
-            }
-            self.pump();
+            self.start_in_order(keys);
         }
         Ok(())
     }
@@ -106,9 +103,10 @@ impl Core {
         }
     }
 
-    /// Starts the first children in order as far as readiness allows, and queues the rest. A
-    /// child that can start at once never enters the start queue: a supervisor whose children
-    /// do not report readiness allocates none, and has none to free when it stops.
+    /// Starts new children in order, after those before them and as far as readiness allows,
+    /// and queues the rest. A child that can start at once never enters the start queue: a
+    /// supervisor whose children do not report readiness allocates none, and has none to free
+    /// when it stops.
     pub(super) fn start_in_order(&mut self, keys: Vec<usize>) {
         for key in keys {
             if self.pending.is_empty() && self.unready.is_empty() {

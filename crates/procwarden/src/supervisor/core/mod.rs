@@ -461,6 +461,11 @@ impl Drop for Core {
     /// it rather than leaving them orphaned.
     fn drop(&mut self) {
         self.handle.shutdown_request().publish(None);
+        // After a shutdown every task has ended: a pool that went silent leaves its runs in
+        // their slots, and telling each one again would only touch it once more.
+        if self.live == 0 || self.handle.pool_drain().is_drained() {
+            return;
+        }
         for (_, slot) in &self.slots {
             if let Some(live) = &slot.live {
                 live.run().abort();

@@ -306,6 +306,24 @@ fn names(status: &ChildStatus) -> Vec<&str> {
     status.children.iter().map(|c| &*c.name).collect()
 }
 
+/// Shuts the supervisor down and checks that its children, which logged their first start in
+/// the order `started`, stopped in the reverse order.
+async fn stops_in_reverse_order<const N: usize>(
+    handle: &SupervisorHandle,
+    running: JoinHandle<Result<(), SupervisorError>>,
+    reader: &mut Reader,
+    started: [&str; N],
+) {
+    handle.shutdown();
+    finish(running).await.unwrap();
+    let expected: Vec<String> = started
+        .iter()
+        .rev()
+        .map(|name| format!("stop:{name}#1"))
+        .collect();
+    assert_eq!(reader.take(N).await, expected);
+}
+
 async fn finish(running: JoinHandle<Result<(), SupervisorError>>) -> Result<(), SupervisorError> {
     within("the supervisor to return", running)
         .await
@@ -393,12 +411,7 @@ async fn each_child_starts_only_after_the_previous_one_is_ready() {
         ["start:a#1", "start:b#1", "start:c#1", "start:d#1"]
     );
 
-    handle.shutdown();
-    finish(running).await.unwrap();
-    assert_eq!(
-        reader.take(4).await,
-        ["stop:d#1", "stop:c#1", "stop:b#1", "stop:a#1"]
-    );
+    stops_in_reverse_order(&handle, running, &mut reader, ["a", "b", "c", "d"]).await;
 }
 
 #[tokio::test]
@@ -490,12 +503,7 @@ async fn a_batch_added_at_run_time_starts_in_order_after_the_others() {
     assert_eq!(names(&tree), ["a", "b", "c", "d"]);
     assert_eq!(node(&tree, "c").path.as_ref(), "root/c");
 
-    handle.shutdown();
-    finish(running).await.unwrap();
-    assert_eq!(
-        reader.take(4).await,
-        ["stop:d#1", "stop:c#1", "stop:b#1", "stop:a#1"]
-    );
+    stops_in_reverse_order(&handle, running, &mut reader, ["a", "b", "c", "d"]).await;
 }
 
 #[tokio::test]

@@ -494,7 +494,7 @@ fn procwarden_pool_add(n: usize, adding: Adding) -> Pool {
 // ---- one pool measurement per process ----------------------------------------------------------
 
 /// Which of the 100,000-children measurements a process makes.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum PoolKind {
     Floor,
     InPlace,
@@ -519,6 +519,17 @@ impl PoolKind {
             PoolKind::Spawned => "spawned",
             PoolKind::Added => "added",
             PoolKind::AddedInOneBatch => "added-in-one-batch",
+        }
+    }
+
+    /// The `bench` and `impl` of its JSON line.
+    fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            PoolKind::Floor => ("pool", "floor"),
+            PoolKind::InPlace => ("pool", "procwarden"),
+            PoolKind::Spawned => ("pool_spawned", "procwarden"),
+            PoolKind::Added => ("pool_add", "procwarden"),
+            PoolKind::AddedInOneBatch => ("pool_add_all", "procwarden"),
         }
     }
 
@@ -1088,15 +1099,16 @@ fn main() {
     for rep in 0..cfg.reps {
         for kind in PoolKind::ALL {
             let pool = pool_in_own_process(kind, cfg.n);
-            let (bench, imp, into) = match kind {
-                PoolKind::Floor => ("pool", "floor", &mut floor),
-                PoolKind::InPlace => ("pool", "procwarden", &mut built),
-                PoolKind::Spawned => ("pool_spawned", "procwarden", &mut spawned),
-                PoolKind::Added => ("pool_add", "procwarden", &mut added),
-                PoolKind::AddedInOneBatch => ("pool_add_all", "procwarden", &mut batched),
-            };
+            let (bench, imp) = kind.labels();
             print_pool(bench, imp, rep, &pool);
-            into.push(pool);
+            match kind {
+                PoolKind::Floor => &mut floor,
+                PoolKind::InPlace => &mut built,
+                PoolKind::Spawned => &mut spawned,
+                PoolKind::Added => &mut added,
+                PoolKind::AddedInOneBatch => &mut batched,
+            }
+            .push(pool);
         }
     }
     // The same start and stop repeated in this one process, where what the allocator kept

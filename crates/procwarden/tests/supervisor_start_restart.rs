@@ -488,17 +488,41 @@ async fn a_batch_added_at_run_time_starts_in_order_after_the_others() {
     let running = supervisor.spawn();
     assert_eq!(reader.take(1).await, ["start:a#1"]);
 
-    within(
-        "the batch",
-        handle.add_all([ready("b"), ready("c"), ready("d")]),
-    )
-    .await
-    .unwrap();
-    // Each logs before it reports ready, so a child that started early would log early.
+    // "b" reports ready only when let go: until then, the rest of its batch waits.
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let b = {
+        let (log, gate) = (log.clone(), Arc::clone(&gate));
+        ChildSpec::new("b", move |ctx: Context| {
+            let (log, gate) = (log.clone(), Arc::clone(&gate));
+            async move {
+                log.push("start:b#1".to_owned());
+                gate.notified().await;
+                ctx.ready();
+                ctx.shutdown_requested().await;
+                log.push("stop:b#1".to_owned());
+                Ok::<(), String>(())
+            }
+        })
+        .reports_ready()
+    };
+    within("the batch", handle.add_all([b, ready("c"), ready("d")]))
+        .await
+        .unwrap();
+    assert_eq!(reader.take(1).await, ["start:b#1"]);
+    let tree = status(&handle).await;
+    let states: Vec<ChildState> = tree.children.iter().map(|c| c.state).collect();
     assert_eq!(
-        reader.take(3).await,
-        ["start:b#1", "start:c#1", "start:d#1"]
+        states,
+        [
+            ChildState::Running,
+            ChildState::Starting,
+            ChildState::Waiting,
+            ChildState::Waiting
+        ]
     );
+    gate.notify_one();
+    // Each logs before it reports ready, so a child that started early would log early.
+    assert_eq!(reader.take(2).await, ["start:c#1", "start:d#1"]);
     let tree = status(&handle).await;
     assert_eq!(names(&tree), ["a", "b", "c", "d"]);
     assert_eq!(node(&tree, "c").path.as_ref(), "root/c");

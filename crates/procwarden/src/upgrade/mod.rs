@@ -44,6 +44,12 @@
 //! }
 //! ```
 //!
+//! Accept a connection only as you are about to serve it: spawn its task, then yield before the
+//! next `accept` (as `examples/upgrade_server.rs` does). A connection still in the listener's
+//! queue is in the socket that every generation shares, so if a new generation crashes during
+//! its probation, the old one serves it; a connection the crashed process had accepted and not
+//! yet answered is lost with that process.
+//!
 //! Unix only: descriptor passing, `fork` and `exec` have no Windows equivalent here yet.
 //!
 //! [`Supervisor`]: crate::Supervisor

@@ -8,6 +8,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::atomic_file::Durability;
+
 use super::SharedError;
 
 /// The format version this build writes and reads.
@@ -51,7 +53,7 @@ pub(crate) fn write(path: &Path, state: &StateFile) -> Result<(), SharedError> {
         path: path.to_owned(),
         reason: err.to_string(),
     })?;
-    crate::atomic_file::write(path, text.as_bytes(), 0o600)
+    crate::atomic_file::write(path, text.as_bytes(), 0o600, Durability::Synced)
         .map_err(|err| SharedError::io("writing the state file", path, err))
 }
 

@@ -3,10 +3,15 @@
 use std::path::Path;
 
 use super::UpgradeError;
+use crate::atomic_file::Durability;
 
 /// Writes `pid` to `path`, replacing the file whole, so a reader never sees a partial PID.
+///
+/// Not synced to disk: a PID means nothing after a reboot, and the handover should not wait
+/// for a disk flush.
 pub(crate) fn write(path: &Path, pid: u32) -> Result<(), UpgradeError> {
-    crate::atomic_file::write(path, format!("{pid}\n").as_bytes(), 0o644)
+    let contents = format!("{pid}\n");
+    crate::atomic_file::write(path, contents.as_bytes(), 0o644, Durability::Volatile)
         .map_err(|err| UpgradeError::io("writing the pid file", path, err))
 }
 

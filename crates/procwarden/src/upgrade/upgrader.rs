@@ -569,8 +569,8 @@ impl Inner {
         self.notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
     }
 
-    /// Replaces the pid file on a blocking thread: the write is synced to disk, which must not
-    /// stall the connections this runtime serves.
+    /// Replaces the pid file on a blocking thread: file systems can be slow (a network mount),
+    /// which must not stall the connections this runtime serves.
     async fn write_pid_file(&self, pid: u32) {
         let Some(path) = self.pid_file.clone() else {
             return;

@@ -100,7 +100,7 @@ mod tests {
         write(&path, b"1\n", 0o644, Durability::Volatile).expect("written");
         // A directory where the file should go: the rename fails after the temp file exists.
         let blocked = dir.join("blocked");
-        fs::create_dir(blocked.join("")).expect("a directory");
+        fs::create_dir(&blocked).expect("a directory");
         fs::write(blocked.join("inside"), b"x").expect("a file in it");
         let err = write(&blocked, b"2\n", 0o644, Durability::Volatile).expect_err("refused");
         assert_ne!(err.kind(), io::ErrorKind::NotFound, "{err}");

@@ -1002,6 +1002,37 @@ impl Row {
         }
     }
 
+    /// Two durations in milliseconds, and their ratio against `max`.
+    fn ms(what: impl Into<String>, values: (f64, f64), max: Option<f64>) -> Self {
+        Self::compared(what, values, 1, " ms", max)
+    }
+
+    /// Two durations in microseconds, and their ratio against `max`.
+    fn us(what: impl Into<String>, values: (f64, f64), max: Option<f64>) -> Self {
+        Self::compared(what, values, 1, " us", max)
+    }
+
+    /// Two sizes in bytes, and their ratio.
+    fn bytes(what: impl Into<String>, values: (f64, f64)) -> Self {
+        Self::compared(what, values, 0, " B", None)
+    }
+
+    /// Two measurements written with `decimals` and `unit`, and their ratio against `max`.
+    fn compared(
+        what: impl Into<String>,
+        (floor, procwarden): (f64, f64),
+        decimals: usize,
+        unit: &str,
+        max: Option<f64>,
+    ) -> Self {
+        Self::new(
+            what,
+            format!("{floor:.decimals$}{unit}"),
+            format!("{procwarden:.decimals$}{unit}"),
+        )
+        .ratio(floor, procwarden, max)
+    }
+
     fn ratio(mut self, floor: f64, procwarden: f64, max: Option<f64>) -> Self {
         let ratio = procwarden / floor;
         self.ratio = format!("{ratio:.2}x");
@@ -1202,140 +1233,104 @@ fn main() {
     );
 
     let mut rows = vec![
-        Row::new(
+        Row::ms(
             format!("{n} start (spawn -> all running)"),
-            format!("{f_start:.1} ms"),
-            format!("{p_start:.1} ms"),
-        )
-        .ratio(f_start, p_start, Some(1.5)),
-        Row::new(
+            (f_start, p_start),
+            Some(1.5),
+        ),
+        Row::ms(
             format!("{n} stop (request -> joined)"),
-            format!("{f_stop:.1} ms"),
-            format!("{p_stop:.1} ms"),
-        )
-        .ratio(f_stop, p_stop, Some(1.5)),
-        Row::new(
-            format!("{n} live heap per child"),
-            format!("{f_bytes:.0} B"),
-            format!("{p_bytes:.0} B"),
-        )
-        .ratio(f_bytes, p_bytes, None)
-        .target("<= 1024 B", heap_ok),
-        Row::new(
+            (f_stop, p_stop),
+            Some(1.5),
+        ),
+        Row::bytes(format!("{n} live heap per child"), (f_bytes, p_bytes))
+            .target("<= 1024 B", heap_ok),
+        Row::compared(
             format!("{n} live allocations per child"),
-            format!("{f_allocs:.2}"),
-            format!("{p_allocs:.2}"),
-        )
-        .ratio(f_allocs, p_allocs, None),
+            (f_allocs, p_allocs),
+            2,
+            "",
+            None,
+        ),
     ];
     if f_start_cpu.is_finite() && p_start_cpu.is_finite() {
-        rows.push(
-            Row::new(
-                format!("{n} start, CPU time (all threads)"),
-                format!("{f_start_cpu:.1} ms"),
-                format!("{p_start_cpu:.1} ms"),
-            )
-            .ratio(f_start_cpu, p_start_cpu, None),
-        );
-        rows.push(
-            Row::new(
-                format!("{n} stop, CPU time (all threads)"),
-                format!("{f_stop_cpu:.1} ms"),
-                format!("{p_stop_cpu:.1} ms"),
-            )
-            .ratio(f_stop_cpu, p_stop_cpu, None),
-        );
+        rows.push(Row::ms(
+            format!("{n} start, CPU time (all threads)"),
+            (f_start_cpu, p_start_cpu),
+            None,
+        ));
+        rows.push(Row::ms(
+            format!("{n} stop, CPU time (all threads)"),
+            (f_stop_cpu, p_stop_cpu),
+            None,
+        ));
     }
     rows.extend([
-        Row::new(
+        Row::ms(
             format!("{n} start, repeated in one process"),
-            format!("{fr_start:.1} ms"),
-            format!("{pr_start:.1} ms"),
-        )
-        .ratio(fr_start, pr_start, None),
-        Row::new(
+            (fr_start, pr_start),
+            None,
+        ),
+        Row::ms(
             format!("{n} stop, repeated in one process"),
-            format!("{fr_stop:.1} ms"),
-            format!("{pr_stop:.1} ms"),
-        )
-        .ratio(fr_stop, pr_stop, None),
-        Row::new(
-            format!("{n} spawned: start"),
-            format!("{f_start:.1} ms"),
-            format!("{s_start:.1} ms"),
-        )
-        .ratio(f_start, s_start, None),
-        Row::new(
-            format!("{n} spawned: stop"),
-            format!("{f_stop:.1} ms"),
-            format!("{s_stop:.1} ms"),
-        )
-        .ratio(f_stop, s_stop, None),
-        Row::new(
+            (fr_stop, pr_stop),
+            None,
+        ),
+        Row::ms(format!("{n} spawned: start"), (f_start, s_start), None),
+        Row::ms(format!("{n} spawned: stop"), (f_stop, s_stop), None),
+        Row::ms(
             format!("{n} added at run time: start"),
-            format!("{f_start:.1} ms"),
-            format!("{a_start:.1} ms"),
-        )
-        .ratio(f_start, a_start, None),
-        Row::new(
+            (f_start, a_start),
+            None,
+        ),
+        Row::ms(
             format!("{n} added at run time: stop"),
-            format!("{f_stop:.1} ms"),
-            format!("{a_stop:.1} ms"),
-        )
-        .ratio(f_stop, a_stop, None),
-        Row::new(
+            (f_stop, a_stop),
+            None,
+        ),
+        Row::bytes(
             format!("{n} added at run time: heap/child"),
-            format!("{f_bytes:.0} B"),
-            format!("{a_bytes:.0} B"),
-        )
-        .ratio(f_bytes, a_bytes, None),
-        Row::new(
+            (f_bytes, a_bytes),
+        ),
+        Row::ms(
             format!("{n} in one add_all: start"),
-            format!("{f_start:.1} ms"),
-            format!("{b_start:.1} ms"),
-        )
-        .ratio(f_start, b_start, None),
-        Row::new(
+            (f_start, b_start),
+            None,
+        ),
+        Row::bytes(
             format!("{n} in one add_all: heap/child"),
-            format!("{f_bytes:.0} B"),
-            format!("{b_bytes:.0} B"),
-        )
-        .ratio(f_bytes, b_bytes, None),
+            (f_bytes, b_bytes),
+        ),
         Row::new(
             "one add (round trip, one caller)",
             String::new(),
             format!("{a_each:.2} us"),
         ),
-        Row::new(
+        Row::us(
             "one child stop, median",
-            format!("{:.1} us", us(floor_stop.median)),
-            format!("{:.1} us", us(pw_stop.median)),
-        )
-        .ratio(us(floor_stop.median), us(pw_stop.median), Some(2.0)),
-        Row::new(
+            (us(floor_stop.median), us(pw_stop.median)),
+            Some(2.0),
+        ),
+        Row::us(
             "one child stop, p90",
-            format!("{:.1} us", us(floor_stop.p90)),
-            format!("{:.1} us", us(pw_stop.p90)),
-        )
-        .ratio(us(floor_stop.p90), us(pw_stop.p90), None),
-        Row::new(
+            (us(floor_stop.p90), us(pw_stop.p90)),
+            None,
+        ),
+        Row::us(
             "one child stop, spawned, median",
-            format!("{:.1} us", us(floor_stop.median)),
-            format!("{:.1} us", us(spawned_stop.median)),
-        )
-        .ratio(us(floor_stop.median), us(spawned_stop.median), None),
-        Row::new(
+            (us(floor_stop.median), us(spawned_stop.median)),
+            None,
+        ),
+        Row::us(
             "failure -> next run, median",
-            format!("{:.1} us", us(floor_restart.median)),
-            format!("{:.1} us", us(pw_restart.median)),
-        )
-        .ratio(us(floor_restart.median), us(pw_restart.median), None),
-        Row::new(
+            (us(floor_restart.median), us(pw_restart.median)),
+            None,
+        ),
+        Row::us(
             "failure -> next run, p90",
-            format!("{:.1} us", us(floor_restart.p90)),
-            format!("{:.1} us", us(pw_restart.p90)),
-        )
-        .ratio(us(floor_restart.p90), us(pw_restart.p90), None),
+            (us(floor_restart.p90), us(pw_restart.p90)),
+            None,
+        ),
     ]);
 
     println!();

@@ -31,6 +31,14 @@ impl Core {
         self.handle.shutdown_request().publish(run);
     }
 
+    /// Takes back the published first run, until the event loop publishes again: for a run
+    /// about to start, which a shutdown would have to stop before it.
+    pub(super) fn withdraw_first(&mut self) {
+        if self.published_first.take().is_some() {
+            self.handle.shutdown_request().publish(None);
+        }
+    }
+
     fn first_to_stop(&self) -> Option<(usize, u64)> {
         let quiet = !self.shutting_down()
             && self.stopping_now.is_none()

@@ -129,6 +129,9 @@ impl Core {
     }
 
     pub(super) fn start(&mut self, key: usize) {
+        // Once this run can be seen running, a shutdown must stop it first: a handle must not
+        // find the run before it still published.
+        self.withdraw_first();
         let now = Instant::now();
         let ctx = self.prepare(key, now);
         self.handle.pool_drain().task_started();

@@ -49,6 +49,26 @@ fn a_zombie_is_not_alive() {
 }
 
 #[test]
+fn a_process_exiting_as_it_is_opened_is_still_found() {
+    // Opening over and over while `true` runs and exits puts some opening across the moment of
+    // its exit: /proc still says running, the pidfd then says exited. That process is a zombie,
+    // not gone; about half of these children met the moment when it was mistaken for reuse.
+    for _ in 0..100 {
+        let mut child = Command::new("true").spawn().unwrap();
+        let deadline = std::time::Instant::now() + BOUND;
+        loop {
+            let process = ProcessRef::from_child(&child)
+                .unwrap_or_else(|err| panic!("an unreaped child is never gone: {err}"));
+            if !process.is_alive() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "`true` never exited");
+        }
+        child.wait().unwrap();
+    }
+}
+
+#[test]
 fn a_record_with_another_start_time_is_refused() {
     let child = Command::new("sleep").arg("60").spawn().unwrap();
     let process = ProcessRef::from_child(&child).unwrap();

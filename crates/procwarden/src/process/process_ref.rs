@@ -66,13 +66,14 @@ impl ProcessRef {
         if expected_start.is_some_and(|expected| expected != info.start_time) {
             return Err(ProcessError::Gone { pid });
         }
+        // If the pidfd's process is not reaped yet, it held the PID all along, so the start time
+        // read is its own. Whether it has exited would not tell: one that exits between the read
+        // and this check is a zombie, still the process read, though the read saw it running.
         #[cfg(target_os = "linux")]
         if let Some(fd) = &pidfd
-            && !info.zombie
-            && sys::linux::pidfd_exited(fd).unwrap_or(true)
+            && sys::linux::pidfd_reaped(fd)
+                .map_err(|err| ProcessError::from_io(pid, "checking the pidfd", err))?
         {
-            // The pidfd's process exited and was reaped, and the start time read was of a
-            // newer process with the same PID.
             return Err(ProcessError::Gone { pid });
         }
         Ok(Self {

@@ -93,6 +93,38 @@ pub(crate) fn pidfd_signal(fd: &OwnedFd, raw_signal: i32) -> io::Result<()> {
     pidfd_send_signal(fd, signal).map_err(io::Error::from)
 }
 
+/// Whether the process behind the pidfd has been reaped: exited and waited for, so its PID may
+/// already name another process. A zombie is not reaped yet.
+///
+/// Sends signal 0, which checks that the process can be reached and sends nothing: the kernel
+/// answers `ESRCH` once the pidfd's process is detached from its PID, which happens only as it is
+/// reaped. Whether the process has exited (a readable pidfd) cannot tell a zombie from that.
+pub(crate) fn pidfd_reaped(fd: &OwnedFd) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+
+    // SAFETY: pidfd_send_signal reads only its arguments: an open descriptor that `fd` keeps
+    // open for the call, signal 0, a null siginfo (the kernel then fills one itself) and no flags.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if result == 0 {
+        return Ok(false);
+    }
+    let err = io::Error::last_os_error();
+    match rustix::io::Errno::from_io_error(&err) {
+        Some(rustix::io::Errno::SRCH) => Ok(true),
+        // The process is there, only not ours to signal.
+        Some(rustix::io::Errno::PERM) => Ok(false),
+        _ => Err(err),
+    }
+}
+
 /// Waits until the process behind the pidfd exits, up to `timeout` (`None`: for ever);
 /// true once it has exited.
 pub(crate) fn pidfd_wait(fd: &OwnedFd, timeout: Option<Duration>) -> io::Result<bool> {
@@ -171,6 +203,19 @@ mod tests {
             state_and_group("7 (a) b) S 1 4242 4242 0"),
             Some(("S", 4242))
         );
+    }
+
+    #[test]
+    fn a_zombie_is_not_reaped_until_waited_for() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let fd = pidfd(child.id() as i32).unwrap().unwrap();
+        assert!(pidfd_wait(&fd, Some(Duration::from_secs(30))).unwrap());
+        assert!(
+            !pidfd_reaped(&fd).unwrap(),
+            "an exited, unreaped child is a zombie"
+        );
+        child.wait().unwrap();
+        assert!(pidfd_reaped(&fd).unwrap());
     }
 
     #[test]

@@ -196,11 +196,13 @@ impl Scratch {
     /// Waits until the first generation has exited, and reaps it.
     fn wait_first_exit(&mut self) {
         let child = self.first.as_mut().expect("started");
-        let deadline = Instant::now() + BOUND;
-        while child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "the old generation did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // Not reaped until here, so the reference is to this child, exited or not.
+        let process = ProcessRef::from_child(child).unwrap();
+        assert!(
+            process.wait_blocking(Some(BOUND)),
+            "the old generation did not exit"
+        );
+        child.wait().unwrap();
     }
 
     fn log(&self) -> String {
